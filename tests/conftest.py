@@ -1,0 +1,21 @@
+"""Shared test setup: paths to the parity fixtures and the threestudio package."""
+import os
+import sys
+from pathlib import Path
+
+# PyNative on CPU spin-waits on its host queue without this (3-4x slower).
+os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
+os.environ.setdefault("GLOG_v", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+PARITY = REPO.parent / "shared" / "parity"
+sys.path.insert(0, str(REPO / "MVDream-threestudio"))
+sys.path.insert(0, str(REPO / "tools"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def parity_dir():
+    assert PARITY.is_dir(), f"parity fixtures not found at {PARITY}"
+    return PARITY
