@@ -19,3 +19,16 @@ import pytest  # noqa: E402
 def parity_dir():
     assert PARITY.is_dir(), f"parity fixtures not found at {PARITY}"
     return PARITY
+
+
+@pytest.fixture(scope="session")
+def tiny_state_dict(parity_dir):
+    """name -> numpy array of the original tiny checkpoint, read without torch."""
+    from mvdream.checkpoint import read_torch_state_dict
+    return read_torch_state_dict(parity_dir / "tiny_mvdream.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_config(parity_dir):
+    from omegaconf import OmegaConf
+    return OmegaConf.load(parity_dir / "tiny_mvdream.yaml")
