@@ -35,6 +35,9 @@ def get_attention_backend():
 
 
 _bmm = ops.BatchMatMul()
+# NB: every reshape of a transposed/broadcast view goes through .contiguous():
+# MindSpore 2.7.1 on CPU with MS_DEV_HOST_BLOCKING_RUN=1 corrupts the heap when
+# reshaping a non-contiguous view (values are right, the process later aborts).
 _bmm_t = ops.BatchMatMul(transpose_b=True)
 
 
@@ -55,7 +58,7 @@ def _attention_math(q, k, v, heads, scale, mask):
         sim = ops.masked_fill(sim, ops.logical_not(keep), float(-np.finfo(np.float32).max))
     probs = ops.softmax(sim, axis=-1).astype(v.dtype)
     out = _bmm(probs, v)
-    return out.transpose(0, 2, 1, 3).reshape(b, nq, inner)
+    return out.transpose(0, 2, 1, 3).contiguous().reshape(b, nq, inner)
 
 
 def _attention_flash(q, k, v, heads, scale):
@@ -196,7 +199,7 @@ class SpatialTransformer3D(nn.Cell):
         x = self.norm(x)
         if not self.use_linear:
             x = self.proj_in(x)
-        x = x.transpose(0, 2, 3, 1).reshape(b, h * w, -1)  # b c h w -> b (h w) c
+        x = x.transpose(0, 2, 3, 1).contiguous().reshape(b, h * w, -1)  # b c h w -> b (h w) c
         if self.use_linear:
             x = self.proj_in(x)
         for i, block in enumerate(self.transformer_blocks):

@@ -39,7 +39,8 @@ def _upsample_nearest2x(x):
     # Nearest x2 as a broadcast + reshape: exact, and needs no resize kernel.
     n, c, h, w = x.shape
     x = ops.broadcast_to(x.reshape(n, c, h, 1, w, 1), (n, c, h, 2, w, 2))
-    return x.reshape(n, c, 2 * h, 2 * w)
+    # contiguous(): reshaping a broadcast view corrupts the heap on MindSpore 2.7.1 CPU.
+    return x.contiguous().reshape(n, c, 2 * h, 2 * w)
 
 
 class Upsample(nn.Cell):
