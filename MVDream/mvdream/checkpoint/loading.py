@@ -35,7 +35,9 @@ def load_state_dict_into(cell, state_dict, prefix="", strict=True, ignore=(), so
         if tuple(value.shape) != tuple(param.shape):
             raise CheckpointError(
                 f"{source}: shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model {tuple(param.shape)}")
-        param.set_data(Tensor(value.astype(np.float32) if value.dtype != np.float32 else value,
-                              dtype=param.dtype))
+        # Always copy to native-endian float32: the reader yields explicit little-endian
+        # ('<f4') arrays, which compare equal to float32 but which mindspore.Tensor rejects
+        # ("unsupported data type: 0") for non-scalar shapes.
+        param.set_data(Tensor(value.astype(np.float32), dtype=param.dtype))
         used.append(key)
     return used
