@@ -35,8 +35,7 @@ def load_state_dict_into(cell, state_dict, prefix="", strict=True, ignore=(), so
         if tuple(value.shape) != tuple(param.shape):
             raise CheckpointError(
                 f"{source}: shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model {tuple(param.shape)}")
-        # np.asarray also turns the reader's explicit little-endian dtype ('<f4')
-        # into the native one: MindSpore's Tensor rejects non-native dtypes.
-        param.set_data(Tensor(np.asarray(value, dtype=np.float32), dtype=param.dtype))
+        # astype gives a native-byte-order float32 copy, which Tensor() always accepts.
+        param.set_data(Tensor(value.astype(np.float32), dtype=param.dtype))
         used.append(key)
     return used

@@ -135,7 +135,8 @@ def read_torch_checkpoint(path):
                 if dtype == "bfloat16":
                     array = _bfloat16_to_float32(raw)
                 else:
-                    array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+                    # Native byte order: MindSpore rejects explicitly little-endian dtypes.
+                    array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype, copy=False)
                 if array.size < numel:
                     raise CheckpointError(f"{path}: storage {key} is truncated")
                 return array
