@@ -47,12 +47,14 @@ def _split_heads(x, heads):
     return x.reshape(b, n, heads, inner // heads).transpose(0, 2, 1, 3)
 
 
-def _attention_math(q, k, v, heads, scale, mask):
+def _attention_math(q, k, v, heads, scale, mask, attn_bias):
     b, nq, inner = q.shape
     q, k, v = (_split_heads(t, heads) for t in (q, k, v))
     # q.k and the softmax in fp32 whatever the compute dtype (the original
     # disables autocast here): fp16 logits overflow for long multiview sequences.
     sim = _bmm_t(q.astype(ms.float32), k.astype(ms.float32)) * scale
+    if attn_bias is not None:
+        sim = sim + attn_bias.astype(ms.float32)
     if mask is not None:
         keep = mask.reshape(mask.shape[0], 1, 1, -1).astype(ms.bool_)
         sim = ops.masked_fill(sim, ops.logical_not(keep), float(-np.finfo(np.float32).max))
@@ -65,15 +67,17 @@ def _attention_flash(q, k, v, heads, scale):
     return ops.flash_attention_score(q, k, v, heads, scalar_value=scale, input_layout="BSH")
 
 
-def attention(q, k, v, heads, scale, mask=None):
+def attention(q, k, v, heads, scale, mask=None, attn_bias=None):
     """Multi-head scaled dot-product attention.
 
     ``q``: (B, Nq, H*D), ``k``/``v``: (B, Nk, H*D) -> (B, Nq, H*D).
     ``mask`` (optional): (B, Nk) booleans, True = attend (the original's convention).
+    ``attn_bias`` (optional): additive logits bias broadcastable to (B, H, Nq, Nk),
+    e.g. OpenCLIP's causal mask (0 / -inf).
     """
-    if _backend == "flash" and mask is None and q.dtype in (ms.float16, ms.bfloat16):
+    if _backend == "flash" and mask is None and attn_bias is None and q.dtype in (ms.float16, ms.bfloat16):
         return _attention_flash(q, k, v, heads, scale)
-    return _attention_math(q, k, v, heads, scale, mask)
+    return _attention_math(q, k, v, heads, scale, mask, attn_bias)
 
 
 # ---------------------------------------------------------------------------

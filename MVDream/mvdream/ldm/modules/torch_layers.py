@@ -121,6 +121,14 @@ class Identity(nn.Cell):
         return x
 
 
+def upsample_nearest2x(x):
+    """Nearest-neighbour x2 upsampling of NCHW as broadcast + reshape: exact, needs no resize kernel."""
+    n, c, h, w = x.shape
+    x = ops.broadcast_to(x.reshape(n, c, h, 1, w, 1), (n, c, h, 2, w, 2))
+    # contiguous(): reshaping a broadcast view corrupts the heap on MindSpore 2.7.1 CPU.
+    return x.contiguous().reshape(n, c, 2 * h, 2 * w)
+
+
 def zero_module(cell):
     """Zero every parameter of ``cell`` (the original's ``zero_module``) and return it."""
     for param in cell.get_parameters():

@@ -8,7 +8,7 @@ MVDream never builds it.
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..torch_layers import Conv2d, GroupNorm, Identity, Linear
+from ..torch_layers import Conv2d, GroupNorm, Identity, Linear, upsample_nearest2x
 
 
 def nonlinearity(x):
@@ -31,10 +31,7 @@ class Upsample(nn.Cell):
             self.conv = Conv2d(in_channels, in_channels, 3, stride=1, padding=1)
 
     def construct(self, x):
-        # nearest x2 as a broadcast + reshape: exact, differentiable and available
-        # on every backend for any dtype
-        b, c, h, w = x.shape
-        x = ops.broadcast_to(x.reshape(b, c, h, 1, w, 1), (b, c, h, 2, w, 2)).reshape(b, c, 2 * h, 2 * w)
+        x = upsample_nearest2x(x)
         if self.with_conv:
             x = self.conv(x)
         return x

@@ -8,7 +8,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ..attention import SpatialTransformer3D
-from ..torch_layers import Conv2d, Linear, zero_module
+from ..torch_layers import Conv2d, Linear, upsample_nearest2x, zero_module
 from .util import dropout as _dropout
 from .util import normalization, timestep_embedding
 
@@ -35,14 +35,6 @@ class TimestepEmbedSequential(nn.CellList):
         return x
 
 
-def _upsample_nearest2x(x):
-    # Nearest x2 as a broadcast + reshape: exact, and needs no resize kernel.
-    n, c, h, w = x.shape
-    x = ops.broadcast_to(x.reshape(n, c, h, 1, w, 1), (n, c, h, 2, w, 2))
-    # contiguous(): reshaping a broadcast view corrupts the heap on MindSpore 2.7.1 CPU.
-    return x.contiguous().reshape(n, c, 2 * h, 2 * w)
-
-
 class Upsample(nn.Cell):
     """Nearest-neighbour x2, then (if ``use_conv``) a 3x3 conv."""
 
@@ -57,7 +49,7 @@ class Upsample(nn.Cell):
             self.conv = Conv2d(channels, self.out_channels, 3, padding=padding)
 
     def construct(self, x):
-        x = _upsample_nearest2x(x)
+        x = upsample_nearest2x(x)
         return self.conv(x) if self.use_conv else x
 
 

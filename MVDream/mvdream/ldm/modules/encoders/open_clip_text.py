@@ -17,6 +17,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, XavierUniform, initializer
 
+from ..attention import attention
 from ..torch_layers import Embedding, Identity, LayerNorm, Linear
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
@@ -76,28 +77,13 @@ class MultiheadAttention(nn.Cell):
         self.in_proj_bias = Parameter(initializer("zeros", (3 * embed_dim,), ms.float32), name="in_proj_bias")
         self.out_proj = Linear(embed_dim, embed_dim)
         self.matmul_t = ops.MatMul(transpose_b=True)
-        self.bmm = ops.BatchMatMul()
-        self.bmm_t = ops.BatchMatMul(transpose_b=True)
-
-    def _heads(self, t, n, length):
-        # (N, L, D) -> (N*H, L, hd)
-        return t.reshape(n, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3).reshape(
-            n * self.num_heads, length, self.head_dim)
 
     def construct(self, x, attn_mask=None):
         n, length, d = x.shape
         dtype = x.dtype
         qkv = self.matmul_t(x.reshape(-1, d), self.in_proj_weight.astype(dtype)) + self.in_proj_bias.astype(dtype)
-        qkv = qkv.reshape(n, length, 3 * d)
-        q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
-        q = self._heads(q.astype(ms.float32) * self.scale, n, length)
-        k = self._heads(k.astype(ms.float32), n, length)
-        scores = self.bmm_t(q, k)
-        if attn_mask is not None:
-            scores = scores + attn_mask.astype(ms.float32)
-        probs = ops.softmax(scores, -1).astype(dtype)
-        out = self.bmm(probs, self._heads(v, n, length))
-        out = out.reshape(n, self.num_heads, length, self.head_dim).transpose(0, 2, 1, 3).reshape(n, length, d)
+        q, k, v = ops.split(qkv.reshape(n, length, 3 * d), d, axis=-1)
+        out = attention(q, k, v, self.num_heads, self.scale, attn_bias=attn_mask)
         return self.out_proj(out)
 
 
