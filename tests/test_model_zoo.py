@@ -113,6 +113,8 @@ def test_interface_wiring_and_maths():
     call = ldi.model.diffusion_model.last_call
     np.testing.assert_array_equal(call["timesteps"].asnumpy(), [600] * 4)  # 1-element t repeated
     assert call["num_frames"] == 4 and call["camera"].shape == (4, 16)
+    ldi.apply_model(x, 250, cond)  # a plain int works too
+    np.testing.assert_array_equal(ldi.model.diffusion_model.last_call["timesteps"].asnumpy(), [250] * 4)
     assert ldi.get_learned_conditioning(["abc", "de"]).shape == (2, 77, 4)
     z = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
     noise = np.full_like(z, 0.5)

@@ -8,10 +8,11 @@ top level (``betas``, ``alphas_cumprod``, ...; non-trainable Parameters here).
 import re
 from collections import namedtuple
 
+import numpy as np
 from mindspore import Tensor, nn
 
 from ..checkpoint import CheckpointError, load_state_dict_into
-from .modules.diffusionmodules.schedule import DiffusionSchedule, as_timesteps
+from .modules.diffusionmodules.schedule import DiffusionSchedule
 from .util import instantiate_from_config
 
 LoadResult = namedtuple("LoadResult", ["missing_keys", "unexpected_keys"])
@@ -66,7 +67,11 @@ class LatentDiffusionInterface(DiffusionSchedule):
         over the batch."""
         if not isinstance(cond, dict):
             raise TypeError(f"cond must be a dict with context/camera/num_frames, got {type(cond).__name__}")
-        t = as_timesteps(t)
+        # Keep a Tensor's own int dtype (the UNet only embeds it); ints/arrays become int64 like torch's.
+        if not isinstance(t, Tensor):
+            t = Tensor(np.asarray(t, dtype=np.int64).reshape(-1))
+        elif t.ndim == 0:
+            t = t.reshape(1)
         if t.shape[0] == 1 and x_noisy.shape[0] != 1:
             t = t.tile((x_noisy.shape[0],))
         return self.model(x_noisy, t, **cond, **kwargs)
