@@ -1,0 +1,1 @@
+from . import background, estimators, geometry, guidance, materials, prompt_processors, renderers  # noqa: F401

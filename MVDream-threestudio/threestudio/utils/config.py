@@ -1,0 +1,65 @@
+"""Config parsing: YAML + ``key=value`` overrides -> OmegaConf -> dataclass ``Config``."""
+import dataclasses
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: unknown key, wrong type, missing value."""
+
+
+# Resolvers used by the original threestudio configs.
+_RESOLVERS = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "idiv": lambda a, b: a // b,
+    "basename": lambda p: p.rstrip("/").split("/")[-1],
+    "rmspace": lambda s, sub: str(s).replace(" ", sub),
+    "tuple2": lambda s: [float(s), float(s)],
+    "gt0": lambda s: s > 0,
+    "not": lambda s: not s,
+    "calc_exp_lr_decay_rate": lambda factor, n: factor ** (1.0 / n),
+}
+for _name, _fn in _RESOLVERS.items():
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
+
+
+def parse_structured(fields_cls, cfg: Optional[Any] = None):
+    """Build ``fields_cls`` (a dataclass) from a dict/DictConfig, rejecting unknown keys."""
+    if cfg is None:
+        cfg = {}
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(fields_cls), cfg)
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        key = getattr(err, "key", None) or str(err).split("\n")[0]
+        raise ConfigError(
+            f"unknown config key '{key}' for {fields_cls.__qualname__}; "
+            f"valid keys: {', '.join(f.name for f in dataclasses.fields(fields_cls))}") from None
+    except ValidationError as err:
+        raise ConfigError(f"invalid value in config of {fields_cls.__qualname__}: {str(err).splitlines()[0]}") from None
+    return OmegaConf.to_object(merged)
+
+
+def config_to_primitive(config, resolve: bool = True):
+    if isinstance(config, (DictConfig,)) or OmegaConf.is_config(config):
+        return OmegaConf.to_container(config, resolve=resolve)
+    return config
+
+
+def load_config(*yamls: str, cli_args: list = (), from_string: bool = False, **kwargs) -> DictConfig:
+    """Merge YAML files (or strings) with ``key=value`` CLI overrides and keyword overrides."""
+    loaded = [OmegaConf.create(y) if from_string else OmegaConf.load(y) for y in yamls]
+    bad = [a for a in cli_args if "=" not in a]
+    if bad:
+        raise ConfigError(f"override '{bad[0]}' is not of the form key=value")
+    cli = OmegaConf.from_dotlist(list(cli_args))
+    cfg = OmegaConf.merge(*loaded, cli, kwargs)
+    OmegaConf.resolve(cfg)
+    return cfg
