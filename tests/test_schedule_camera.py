@@ -6,8 +6,7 @@ from mindspore import Tensor
 from mvdream.camera_utils import (convert_opengl_to_blender, create_camera_to_world_matrix, get_camera,
                                   get_camera_np, normalize_camera)
 from mvdream.ldm.modules.diffusionmodules.schedule import (SCHEDULE_BUFFERS, DiffusionSchedule,
-                                                           extract_into_tensor, make_beta_schedule,
-                                                           make_ddim_sampling_parameters, make_ddim_timesteps)
+                                                           extract_into_tensor, make_beta_schedule)
 
 
 def assert_close(actual, golden, rtol, name=""):
@@ -71,16 +70,6 @@ def test_extract_into_tensor_shapes(schedule):
     out = extract_into_tensor(schedule.alphas_cumprod, Tensor(np.array([0, 999], np.int64)), (2, 4, 8, 8))
     assert out.shape == (2, 1, 1, 1)
     np.testing.assert_array_equal(out.asnumpy().ravel(), schedule.alphas_cumprod.asnumpy()[[0, 999]])
-
-
-def test_ddim_schedule(schedule, ldm):
-    steps = make_ddim_timesteps("uniform", 5, 1000)
-    np.testing.assert_array_equal(steps, ldm["ddim_timesteps"])
-    sigmas, alphas, alphas_prev = make_ddim_sampling_parameters(schedule.alphas_cumprod.asnumpy(), steps, 0.0)
-    np.testing.assert_array_equal(alphas.astype(np.float32), ldm["ddim_alphas"])
-    assert alphas_prev.dtype == np.float64
-    np.testing.assert_array_equal(alphas_prev, ldm["ddim_alphas_prev"])  # first entry is alpha_0, not 1
-    np.testing.assert_array_equal(sigmas, ldm["ddim_sigmas"])
 
 
 # -------------------------------------------------------------------- cameras

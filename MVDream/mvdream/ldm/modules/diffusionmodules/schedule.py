@@ -1,12 +1,10 @@
-"""DDPM noise schedule and the forward-process maths shared by the LDM interface,
-the DDIM sampler and the SDS guidance.
+"""DDPM noise schedule and the forward-process maths shared by the LDM interface
+and the SDS guidance (the DDIM-specific schedule lives in ldm/models/diffusion/ddim.py).
 
 Everything is computed in float64 NumPy and only then cast to float32, as the
 original ``register_schedule`` does; recomputing in float32 would change the
 buffers in the last bits (and the released checkpoint stores the f32 results).
 """
-import math
-
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
@@ -78,28 +76,6 @@ def extract_into_tensor(a, t, x_shape):
     t = as_timesteps(t)
     out = ops.gather(a, t, 0)
     return out.reshape((t.shape[0],) + (1,) * (len(x_shape) - 1))
-
-
-def make_ddim_timesteps(method, num_ddim_timesteps, num_ddpm_timesteps):
-    """DDPM indices visited by DDIM ("uniform": range(0, T, T//S) + 1, or "quad")."""
-    if method == "uniform":
-        steps = np.arange(0, num_ddpm_timesteps, num_ddpm_timesteps // num_ddim_timesteps)
-    elif method == "quad":
-        steps = (np.linspace(0, math.sqrt(num_ddpm_timesteps * 0.8), num_ddim_timesteps) ** 2).astype(int)
-    else:
-        raise NotImplementedError(f"no DDIM discretization method '{method}' (use uniform or quad)")
-    # +1 so that the last step reaches alphas_cumprod[1] rather than [0]'s neighbour
-    return steps + 1
-
-
-def make_ddim_sampling_parameters(alphacums, ddim_timesteps, eta):
-    """(sigmas, alphas, alphas_prev) of DDIM. ``alphas_prev[0]`` is alphacums[0], not 1,
-    as in the original; with a float64 ``alphacums`` all three are float64."""
-    alphacums = np.asarray(alphacums)
-    alphas = alphacums[ddim_timesteps]
-    alphas_prev = np.asarray([alphacums[0]] + alphacums[ddim_timesteps[:-1]].tolist())
-    sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
-    return sigmas, alphas, alphas_prev
 
 
 class DiffusionSchedule(nn.Cell):
