@@ -78,15 +78,19 @@ def load_model_config(model_name=None, config_path=None):
     return config.model if "model" in config else config
 
 
-def build_model(model_name, ckpt_path=None, cache_dir=None, config_path=None, progress=False):
+def build_model(model_name, ckpt_path=None, cache_dir=None, config_path=None, progress=False,
+                pretrained=True):
     """Instantiate a model from its config and load its checkpoint strictly.
 
     ``model_name``: a key of ``PRETRAINED_MODELS`` (may be None when both
     ``config_path`` and ``ckpt_path`` are given). ``ckpt_path``: a local
     ``.pt``/``.pth``/``.ckpt``/``.safetensors`` file; when None the released file
     is taken from (or downloaded into) the Hugging Face cache.
+    ``pretrained=False`` keeps the random initialisation (tests, tiny smoke runs).
     """
     info = _check_model_name(model_name) if model_name is not None or config_path is None else None
+    if not pretrained:
+        return instantiate_from_config(load_model_config(model_name, config_path))
     if not ckpt_path:
         if info is None:
             raise ValueError("build_model: with a custom config_path, pass ckpt_path as well")

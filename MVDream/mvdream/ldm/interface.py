@@ -8,6 +8,7 @@ top level (``betas``, ``alphas_cumprod``, ...; non-trainable Parameters here).
 import re
 from collections import namedtuple
 
+import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn
 
@@ -59,6 +60,16 @@ class LatentDiffusionInterface(DiffusionSchedule):
             raise ValueError(f"parameterization '{parameterization}' unknown (use eps, v or x0)")
         self.parameterization = parameterization
         self.scale_factor = scale_factor
+        self.compute_dtype = ms.float32
+
+    def set_dtype(self, dtype):
+        """Run UNet, VAE and text encoder in ``dtype`` (e.g. float16, as the original's
+        autocast). Parameters stay float32, norms and softmax run in float32, and the
+        interface's inputs and outputs stay float32."""
+        self.compute_dtype = dtype
+        self.model.diffusion_model.dtype = dtype
+        self.cond_stage_model.dtype = dtype
+        return self
 
     # ----------------------------------------------------------------- model
     def apply_model(self, x_noisy, t, cond, **kwargs):
@@ -83,12 +94,12 @@ class LatentDiffusionInterface(DiffusionSchedule):
         """Text embeddings (B, 77, C) of a list of prompts."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        return self.cond_stage_model.encode(list(prompts))
+        return self.cond_stage_model.encode(list(prompts)).astype(ms.float32)
 
     # ------------------------------------------------------------ first stage
     def encode_first_stage(self, x):
         """The VAE posterior (a DiagonalGaussianDistribution) of images in [-1, 1]."""
-        return self.first_stage_model.encode(x)
+        return self.first_stage_model.encode(x.astype(self.compute_dtype))
 
     def get_first_stage_encoding(self, encoder_posterior, noise=None):
         """scale_factor * (a posterior sample, or the given latent tensor).
@@ -99,11 +110,12 @@ class LatentDiffusionInterface(DiffusionSchedule):
             z = encoder_posterior.sample(noise=noise)
         else:
             raise TypeError(f"encoder_posterior of type '{type(encoder_posterior).__name__}' is not supported")
-        return self.scale_factor * z
+        return (self.scale_factor * z).astype(ms.float32)
 
     def decode_first_stage(self, z):
         # Multiply by the reciprocal as the original does (not z / scale_factor).
-        return self.first_stage_model.decode((1.0 / self.scale_factor) * z)
+        z = (1.0 / self.scale_factor) * z
+        return self.first_stage_model.decode(z.astype(self.compute_dtype)).astype(ms.float32)
 
     # ----------------------------------------------------------- checkpoints
     def _allowed_drops(self, state_dict):
