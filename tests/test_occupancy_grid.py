@@ -49,6 +49,42 @@ def test_marching_skips_unoccupied_cells_and_jitters_per_ray():
     assert np.std(offsets) > 0.02  # one random offset per ray
 
 
+def brute_force_march(grid, rays_o, rays_d, near, step):
+    """Reference: every step inside the box, kept when its midpoint's cell is occupied."""
+    from threestudio.models.estimators.occupancy_grid import ray_aabb_intersect
+    lo, hi = ray_aabb_intersect(rays_o, rays_d, np.array(AABB))
+    lo, hi = np.maximum(lo, near), hi
+    binaries = grid.binaries.asnumpy().reshape(-1)
+    ray_idx, t_starts = [], []
+    for r in range(len(rays_o)):
+        if hi[r] <= lo[r]:
+            continue
+        k = np.arange(np.ceil((lo[r] - near[r]) / step - 1e-6), np.floor((hi[r] - near[r]) / step + 1e-6))
+        t0 = near[r] + k * step
+        keep = binaries[grid.cell_index(rays_o[r] + rays_d[r] * (t0 + step / 2)[:, None])]
+        ray_idx += [r] * int(keep.sum())
+        t_starts.append(t0[keep])
+    return np.array(ray_idx), np.concatenate(t_starts)
+
+
+def test_segment_marching_equals_brute_force_marching():
+    np.random.seed(4)
+    grid = OccupancyGrid(AABB, resolution=32)
+    grid.binaries.set_data(Tensor(np.random.rand(1, 32, 32, 32) < 0.1))
+    rays_o = np.random.uniform(-1.5, 1.5, (300, 3))
+    rays_o[:100] *= 2.0  # some start outside, some inside the box
+    rays_d = np.random.normal(size=(300, 3))
+    rays_d /= np.linalg.norm(rays_d, axis=-1, keepdims=True)
+    np.random.seed(5)
+    ray_idx, t0, t1 = grid.sampling(rays_o, rays_d, render_step_size=0.01, stratified=True, early_stop_eps=0.0)
+    np.random.seed(5)
+    near = np.random.rand(300) * 0.01
+    ref_idx, ref_t0 = brute_force_march(grid, rays_o, rays_d, near, 0.01)
+    assert ray_idx.size > 800
+    np.testing.assert_array_equal(ray_idx, ref_idx)
+    np.testing.assert_allclose(t0, ref_t0, atol=1e-6)
+
+
 def test_visibility_alpha_threshold_and_early_stop():
     # ray 0: thin then opaque -> samples after the opaque one are invisible
     tau = np.array([0.001, 0.5, 20.0, 1.0, 1.0, 0.3, 0.001, 0.2])

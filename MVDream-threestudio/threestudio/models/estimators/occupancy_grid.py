@@ -12,8 +12,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
-# Upper bound on marched samples handled at once by the NumPy marcher (bounds host memory).
-_MARCH_CHUNK = 1 << 22
+# Rays handled at once by the NumPy marcher (bounds host memory: ~100 segments per ray).
+_RAY_CHUNK = 1 << 15
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -137,29 +137,19 @@ class OccupancyGrid(nn.Cell):
         t_lo, t_hi = np.maximum(box_lo, near), np.minimum(box_hi, far)
         k_first = np.ceil((t_lo - near) / render_step_size - 1e-6)
         k_end = np.floor((t_hi - near) / render_step_size + 1e-6)  # exclusive: last end <= t_hi
-        counts = np.where(t_hi > t_lo, np.maximum(k_end - k_first, 0), 0).astype(np.int64)
+        k_end = np.where(t_hi > t_lo, np.maximum(k_end, k_first), k_first)
 
-        binaries = self.binaries.asnumpy().reshape(-1)
-        pieces = []
-        ends = np.cumsum(counts)
-        start_ray = 0
-        while start_ray < n_rays:
-            # rays [start_ray, stop_ray) hold at most _MARCH_CHUNK marched samples (>= 1 ray)
-            base = ends[start_ray - 1] if start_ray else 0
-            stop_ray = max(int(np.searchsorted(ends, base + _MARCH_CHUNK, side="right")), start_ray + 1)
-            c = counts[start_ray:stop_ray]
-            ridx = np.repeat(np.arange(start_ray, stop_ray), c)
-            local_off = np.cumsum(c) - c
-            k = np.arange(ridx.size) - np.repeat(local_off, c) + k_first[ridx]
-            t0 = near[ridx] + k * render_step_size
-            mid = t0 + 0.5 * render_step_size
-            keep = binaries[self.cell_index(rays_o[ridx] + rays_d[ridx] * mid[:, None])]
-            pieces.append((ridx[keep], t0[keep]))
-            start_ray = stop_ray
+        # Only samples whose midpoint falls in an occupied cell are generated: the rays are
+        # cut at the cell planes into segments, and the sample range of each occupied
+        # segment is computed directly (cost ~ crossed cells + kept samples, not marched).
+        marching = np.nonzero(k_end > k_first)[0]
+        pieces = [self._samples_in_occupied_cells(
+            rays_o[r], rays_d[r], near[r], t_lo[r], t_hi[r], k_first[r], k_end[r], render_step_size, r)
+            for r in np.array_split(marching, max(1, -(-marching.size // _RAY_CHUNK)))]
         ray_indices = np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, np.int64)
         t_starts = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0)
         t_ends = t_starts + render_step_size
-        self.last_num_marched = int(counts.sum())
+        self.last_num_marched = int((k_end - k_first).sum())
         self.last_num_grid = int(ray_indices.size)
 
         fn = sigma_fn if sigma_fn is not None else alpha_fn
@@ -176,6 +166,36 @@ class OccupancyGrid(nn.Cell):
             keep = visibility_from_density_np(values, ray_indices, early_stop_eps, alpha_thre)
             ray_indices, t_starts, t_ends = ray_indices[keep], t_starts[keep], t_ends[keep]
         return ray_indices.astype(np.int64), t_starts.astype(np.float32), t_ends.astype(np.float32)
+
+    def _samples_in_occupied_cells(self, rays_o, rays_d, near, t_lo, t_hi, k_first, k_end, step, ray_ids):
+        """Packed ``(ray_indices, t_starts)`` of samples ``t = near + k step``, ``k_first <= k < k_end``,
+        whose midpoint lies in an occupied cell."""
+        aabb, res = self._aabb(), self.resolution.asnumpy()
+        cell = (aabb[3:] - aabb[:3]) / res
+        crossings = []
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for axis in range(3):
+                planes = aabb[axis] + cell[axis] * np.arange(res[axis] + 1)
+                crossings.append((planes[None, :] - rays_o[:, axis:axis + 1]) / rays_d[:, axis:axis + 1])
+        bounds = np.concatenate([t_lo[:, None], t_hi[:, None], *crossings], axis=1)
+        bounds = np.clip(np.nan_to_num(bounds, nan=-np.inf), t_lo[:, None], t_hi[:, None])
+        bounds.sort(axis=1)
+        # most of the 3 (res + 1) + 1 segments collapse onto the box ends: keep non-empty ones
+        seg_ray, seg_j = np.nonzero(bounds[:, 1:] > bounds[:, :-1])
+        seg_a, seg_b = bounds[seg_ray, seg_j], bounds[seg_ray, seg_j + 1]
+        mid = 0.5 * (seg_a + seg_b)
+        occupied = self.binaries.asnumpy().reshape(-1)[
+            self.cell_index(rays_o[seg_ray] + rays_d[seg_ray] * mid[:, None])]
+        seg_ray, seg_a, seg_b = seg_ray[occupied], seg_a[occupied], seg_b[occupied]
+        # sample k has its midpoint near + (k + 1/2) step in [seg_a, seg_b)
+        near_s, k_first_s, k_end_s = near[seg_ray], k_first[seg_ray], k_end[seg_ray]
+        k_lo = np.clip(np.ceil((seg_a - near_s) / step - 0.5), k_first_s, k_end_s)
+        k_hi = np.clip(np.ceil((seg_b - near_s) / step - 0.5), k_first_s, k_end_s)
+        count = (k_hi - k_lo).astype(np.int64)
+        sample_seg = np.repeat(np.arange(count.size), count)
+        k = k_lo[sample_seg] + (np.arange(sample_seg.size) - (np.cumsum(count) - count)[sample_seg])
+        local = seg_ray[sample_seg]
+        return ray_ids[local], near[local] + k * step
 
     # ------------------------------------------------------------------ updates
     def update_every_n_steps(
