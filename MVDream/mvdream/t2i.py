@@ -8,12 +8,15 @@ def vae_downsampling_factor(model):
     return 2 ** (model.first_stage_model.encoder.num_resolutions - 1)
 
 
-def latent_downsampling_factor(model):
-    """Image pixels per latent pixel times the UNet's total downsampling.
+def latent_downsampling_factor(model_config):
+    """Image pixels per latent pixel times the UNet's total downsampling, from a model config.
 
     An image size must be a multiple of this for the UNet's skip connections to line up.
     """
-    return vae_downsampling_factor(model) * 2 ** (len(model.model.diffusion_model.channel_mult) - 1)
+    params = model_config.params
+    vae_levels = len(params.first_stage_config.params.ddconfig.ch_mult)
+    unet_levels = len(params.unet_config.params.channel_mult)
+    return 2 ** (vae_levels - 1) * 2 ** (unet_levels - 1)
 
 
 def t2i(model, image_size, prompt, uc, sampler, steps=50, scale=10.0, batch_size=4, ddim_eta=0.0,
