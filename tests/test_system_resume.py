@@ -133,3 +133,15 @@ def test_torch_adamw_semantics():
             ref[k] = [p - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.99 ** t)) + 1e-8), m, v, lr, wd]
     np.testing.assert_allclose(net.a.asnumpy(), ref["a"][0], atol=1e-6)
     np.testing.assert_allclose(net.b.asnumpy(), ref["b"][0], atol=1e-6)
+
+
+def test_system_weights_loads_parameters_only(stub_cfg_path, tmp_path):
+    _, dm, system, trainer = build(stub_cfg_path, tmp_path / "a")
+    ckpt = trainer.fit(system, dm, 0, 2)["checkpoint"]
+    trained = system.state_arrays()
+    _, _, loaded, trainer2 = build(stub_cfg_path, tmp_path / "b", [f"system.weights={ckpt}"])
+    for name, value in loaded.state_arrays().items():
+        np.testing.assert_array_equal(value, trained[name], err_msg=name)
+    # weights only: the optimizer starts fresh
+    assert int(trainer2.optimizer.global_step.asnumpy().reshape(-1)[0]) == 0
+    assert float(np.abs(trainer2.optimizer.moments1[0].asnumpy()).max()) == 0.0
