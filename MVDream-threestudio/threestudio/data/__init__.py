@@ -1,1 +1,1 @@
-
+from . import uncond, uncond_multiview  # noqa: F401

@@ -1,1 +1,1 @@
-
+from .occupancy_grid import OccGridEstimator, OccupancyGrid  # noqa: F401

@@ -8,9 +8,8 @@ Normalisation is computed in float32 whatever the input dtype (as the original's
 """
 import math
 
-import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Uniform, Normal, initializer
 
 
@@ -34,7 +33,9 @@ class Linear(nn.Cell):
 
     def construct(self, x):
         shape = x.shape
-        y = self.matmul(x.reshape(-1, shape[-1]), self.weight.astype(x.dtype))
+        # contiguous(): reshaping a non-contiguous view (transpose, chunk, broadcast)
+        # corrupts the heap on MindSpore 2.7.1 CPU with MS_DEV_HOST_BLOCKING_RUN=1.
+        y = self.matmul(x.contiguous().reshape(-1, shape[-1]), self.weight.astype(x.dtype))
         if self.bias is not None:
             y = y + self.bias.astype(x.dtype)
         return y.reshape(shape[:-1] + (self.out_features,))
@@ -76,7 +77,7 @@ class GroupNorm(nn.Cell):
     def construct(self, x):
         dtype = x.dtype
         shape = x.shape
-        h = x.astype(ms.float32).reshape(shape[0], self.num_groups, -1)
+        h = x.astype(ms.float32).contiguous().reshape(shape[0], self.num_groups, -1)  # see Linear
         mean = h.mean(axis=-1, keep_dims=True)
         var = ((h - mean) ** 2).mean(axis=-1, keep_dims=True)
         h = ((h - mean) / ops.sqrt(var + self.eps)).reshape(shape)
@@ -120,8 +121,18 @@ class Identity(nn.Cell):
         return x
 
 
+def upsample_nearest2x(x):
+    """Nearest-neighbour x2 upsampling of NCHW as broadcast + reshape: exact, needs no resize kernel."""
+    n, c, h, w = x.shape
+    x = ops.broadcast_to(x.reshape(n, c, h, 1, w, 1), (n, c, h, 2, w, 2))
+    # contiguous(): reshaping a broadcast view corrupts the heap on MindSpore 2.7.1 CPU.
+    return x.contiguous().reshape(n, c, 2 * h, 2 * w)
+
+
 def zero_module(cell):
     """Zero every parameter of ``cell`` (the original's ``zero_module``) and return it."""
     for param in cell.get_parameters():
-        param.set_data(Tensor(np.zeros(param.shape, np.float32)))
+        # An initializer (not a numpy array) so that under
+        # ``mindspore.nn.utils.no_init_parameters`` nothing is allocated.
+        param.set_data(initializer("zeros", param.shape, param.dtype))
     return cell

@@ -1,0 +1,223 @@
+"""threestudio's ``nerf-volume-renderer``: occupancy-grid ray marching + alpha compositing.
+
+Sampling (which samples exist) is not differentiable and is decided in NumPy by the
+:class:`OccupancyGrid`; only the geometry/material evaluation on the kept samples and the
+compositing run in MindSpore, so gradients reach geometry, material and background.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from mindspore import Tensor, ops
+
+import threestudio
+from threestudio.models.estimators.occupancy_grid import OccupancyGrid
+from threestudio.models.renderers.base import VolumeRenderer
+from threestudio.models.renderers.volume_rendering import PackedLayout, composite
+
+
+def chunk_batch(fn, chunk_size: int, *args, **kwargs):
+    """Call ``fn`` on slices of at most ``chunk_size`` rows of its Tensor arguments.
+
+    Tensors whose first dim equals the first Tensor argument's are sliced; outputs (a Tensor
+    or a dict of Tensors) are concatenated back along dim 0.
+    """
+    first = next(v for v in (*args, *kwargs.values()) if isinstance(v, Tensor))
+    n = first.shape[0]
+    if chunk_size <= 0 or n <= chunk_size:
+        return fn(*args, **kwargs)
+
+    def part(v, s):
+        return v[s:s + chunk_size] if isinstance(v, Tensor) and v.ndim and v.shape[0] == n else v
+
+    outs = [fn(*[part(a, s) for a in args], **{k: part(v, s) for k, v in kwargs.items()})
+            for s in range(0, n, chunk_size)]
+    if isinstance(outs[0], dict):
+        return {k: ops.concat([o[k] for o in outs]) for k, v in outs[0].items() if v is not None}
+    return ops.concat(outs)
+
+
+# outputs of _render_rays that are per ray (the rest are per packed sample)
+_PER_RAY = ("opacity", "depth", "z_variance", "comp_rgb_fg", "comp_normal")
+
+
+def _normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    # torch.nn.functional.normalize: x / max(||x||, eps)
+    return x / ops.clamp(ops.norm(x, dim=-1, keepdim=True), min=eps)
+
+
+@threestudio.register("nerf-volume-renderer")
+class NeRFVolumeRenderer(VolumeRenderer):
+    @dataclass
+    class Config(VolumeRenderer.Config):
+        num_samples_per_ray: int = 512
+        eval_chunk_size: int = 160000
+        randomized: bool = True
+
+        near_plane: float = 0.0
+        far_plane: float = 1e10
+
+        return_comp_normal: bool = False
+        return_normal_perturb: bool = False
+
+        # in ["occgrid", "proposal", "importance"]; only "occgrid" is ported
+        estimator: str = "occgrid"
+
+        # for occgrid
+        grid_prune: bool = True
+        prune_alpha_threshold: bool = True
+
+        # for proposal / importance (accepted so original configs parse)
+        proposal_network_config: Optional[dict] = None
+        prop_optimizer_config: Optional[dict] = None
+        prop_scheduler_config: Optional[dict] = None
+        num_samples_per_ray_proposal: int = 64
+        num_samples_per_ray_importance: int = 64
+
+    cfg: Config
+
+    def configure(self, geometry, material, background) -> None:
+        super().configure(geometry, material, background)
+        if self.cfg.estimator != "occgrid":
+            raise NotImplementedError(
+                f"nerf-volume-renderer estimator '{self.cfg.estimator}' is not ported; use 'occgrid'")
+        self.estimator = OccupancyGrid(roi_aabb=self.bbox.reshape(-1), resolution=32, levels=1)
+        if not self.cfg.grid_prune:
+            self.estimator.fill(True)
+        self.render_step_size = 1.732 * 2 * self.cfg.radius / self.cfg.num_samples_per_ray
+        # sample counts of the last call (summed over eval chunks), for benchmarks and tests
+        self.stats = {}
+
+    @property
+    def randomized(self) -> bool:
+        return self.training and self.cfg.randomized
+
+    # ------------------------------------------------------------------ sampling
+    def _sample(self, rays_o: np.ndarray, rays_d: np.ndarray):
+        """Packed ``(ray_indices, t_starts, t_ends)`` (NumPy) for flattened rays."""
+        grid_prune = self.cfg.grid_prune
+        alpha_prune = grid_prune and self.cfg.prune_alpha_threshold
+
+        def sigma_fn(t_starts, t_ends, ray_indices):
+            t_mid = (t_starts + t_ends)[:, None] * 0.5
+            positions = Tensor((rays_o[ray_indices] + rays_d[ray_indices] * t_mid).astype(np.float32))
+            chunk = 0 if self.training else self.cfg.eval_chunk_size
+            return chunk_batch(self.geometry.forward_density, chunk, positions)[:, 0]
+
+        return self.estimator.sampling(
+            rays_o, rays_d,
+            sigma_fn=sigma_fn if alpha_prune else None,
+            near_plane=self.cfg.near_plane,
+            far_plane=self.cfg.far_plane,
+            render_step_size=self.render_step_size,
+            alpha_thre=0.01 if alpha_prune else 0.0,
+            stratified=self.randomized,
+            cone_angle=0.0,
+            early_stop_eps=1e-4 if grid_prune else 0.0,
+        )
+
+    def _render_rays(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor, **kwargs) -> dict:
+        """Render flattened rays ``[N, 3]``; per-ray outputs ``[N, C]`` plus packed samples."""
+        n_rays = rays_o.shape[0]
+        ray_np, t_starts_np, t_ends_np = self._sample(rays_o.asnumpy(), rays_d.asnumpy())
+        for key, value in (("n_rays", n_rays), ("n_marched", self.estimator.last_num_marched),
+                           ("n_grid", self.estimator.last_num_grid), ("n_samples", ray_np.size)):
+            self.stats[key] = self.stats.get(key, 0) + value
+        if ray_np.size == 0:
+            # as threestudio's validate_empty_rays: one zero-length sample keeps shapes valid
+            ray_np, t_starts_np, t_ends_np = (np.zeros(1, np.int64), np.zeros(1, np.float32),
+                                              np.zeros(1, np.float32))
+        layout = PackedLayout(ray_np, n_rays)
+        ray_indices = layout.ray_indices
+        t_starts, t_ends = Tensor(t_starts_np)[:, None], Tensor(t_ends_np)[:, None]
+        t_origins = ops.gather(rays_o, ray_indices, 0)
+        t_dirs = ops.gather(rays_d, ray_indices, 0)
+        t_light_positions = ops.gather(light_positions, ray_indices, 0)
+        t_positions = (t_starts + t_ends) / 2.0
+        positions = t_origins + t_dirs * t_positions
+        t_intervals = t_ends - t_starts
+
+        chunk = 0 if self.training else self.cfg.eval_chunk_size
+        geo_out = chunk_batch(self.geometry, chunk, positions, output_normal=self.material.requires_normal)
+        rgb_fg_all = chunk_batch(self.material, chunk, viewdirs=t_dirs, positions=positions,
+                                 light_positions=t_light_positions, **geo_out, **kwargs)
+
+        want_normal = "normal" in geo_out and (not self.training or self.cfg.return_comp_normal)
+        values = {"comp_rgb_fg": rgb_fg_all}
+        if want_normal:
+            values["comp_normal"] = geo_out["normal"]
+        out = composite(t_starts[:, 0], t_ends[:, 0], geo_out["density"].reshape(-1), layout, values)
+        if want_normal:
+            # for visualization: unit normals mapped to [0, 1], faded by opacity
+            out["comp_normal"] = (_normalize(out["comp_normal"]) + 1.0) / 2.0 * out["opacity"]
+        if self.training:
+            out.update({"t_points": t_positions, "t_intervals": t_intervals, "t_dirs": t_dirs,
+                        "ray_indices": ray_indices, "points": positions, **geo_out})
+            if "normal" in geo_out and self.cfg.return_normal_perturb:
+                noise = Tensor(np.random.randn(*positions.shape).astype(np.float32) * 1e-2)
+                out["normal_perturb"] = self.geometry(
+                    positions + noise, output_normal=self.material.requires_normal)["normal"]
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def construct(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor,
+                  bg_color: Optional[Tensor] = None, **kwargs) -> dict:
+        batch_size, height, width = rays_o.shape[:3]
+        n_rays = batch_size * height * width
+        rays_o_flat, rays_d_flat = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
+        light_flat = ops.broadcast_to(light_positions.reshape(-1, 1, 3),
+                                      (batch_size, height * width, 3)).reshape(-1, 3)
+        self.stats = {}
+
+        if self.training:
+            res = self._render_rays(rays_o_flat, rays_d_flat, light_flat, **kwargs)
+        else:
+            # bound memory: sample and composite ``eval_chunk_size`` rays at a time
+            step = self.cfg.eval_chunk_size if self.cfg.eval_chunk_size > 0 else n_rays
+            parts = [self._render_rays(rays_o_flat[s:s + step], rays_d_flat[s:s + step],
+                                       light_flat[s:s + step]) for s in range(0, n_rays, step)]
+            res = {k: ops.concat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]
+                   for k in _PER_RAY if k in parts[0]}
+        comp_rgb_bg = self.background(dirs=rays_d)
+
+        if bg_color is None:
+            bg_color = comp_rgb_bg
+        elif bg_color.shape[:-1] == (batch_size,):
+            # e.g. one constant random colour per view
+            bg_color = ops.broadcast_to(bg_color.reshape(batch_size, 1, 1, -1),
+                                        (batch_size, height, width, bg_color.shape[-1]))
+        if bg_color.shape[:-1] == (batch_size, height, width):
+            bg_color = bg_color.reshape(n_rays, -1)
+
+        opacity = res["opacity"]
+        comp_rgb_fg = res["comp_rgb_fg"]
+        comp_rgb = comp_rgb_fg + bg_color * (1.0 - opacity)
+
+        def image(x):
+            return x.reshape(batch_size, height, width, -1)
+
+        out = {
+            "comp_rgb": image(comp_rgb),
+            "comp_rgb_fg": image(comp_rgb_fg),
+            "comp_rgb_bg": image(comp_rgb_bg),
+            "opacity": image(opacity),
+            "depth": image(res["depth"]),
+            "z_variance": image(res["z_variance"]),
+        }
+        if "comp_normal" in res:
+            out["comp_normal"] = image(res["comp_normal"])
+        if self.training:
+            # packed per-sample tensors (weights, t_points, ..., geometry outputs) for the losses
+            out.update({k: v for k, v in res.items() if k not in _PER_RAY})
+        return out
+
+    # ------------------------------------------------------------------ grid updates
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        if not (self.cfg.grid_prune and self.training and not on_load_weights):
+            return
+
+        def occ_eval_fn(x):
+            # density * step approximates 1 - exp(-density * step) (first-order Taylor)
+            return self.geometry.forward_density(x) * self.render_step_size
+
+        self.estimator.update_every_n_steps(step=global_step, occ_eval_fn=occ_eval_fn)

@@ -1,0 +1,70 @@
+"""Text encoders for conditioning (MVDream uses ``FrozenOpenCLIPEmbedder``)."""
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from .open_clip_text import TextTransformer, get_model_config
+from .tokenizer import tokenize
+
+
+class AbstractEncoder(nn.Cell):
+    def encode(self, *args, **kwargs):
+        raise NotImplementedError
+
+
+_DTYPES = {"float32": ms.float32, "fp32": ms.float32, "float16": ms.float16, "fp16": ms.float16}
+
+
+class FrozenOpenCLIPEmbedder(AbstractEncoder):
+    """OpenCLIP text transformer: per-token features (N, 77, width) for a list of prompts.
+
+    ``layer="penultimate"`` (MVDream/SD2) skips the last residual block and still
+    applies ``ln_final``; ``layer="last"`` runs all blocks.
+
+    ``version`` (the open_clip pretrained tag) is accepted for config compatibility
+    only: nothing is downloaded, the weights come from the MVDream checkpoint
+    (``cond_stage_model.model.*``). ``device`` is likewise ignored (MindSpore's
+    context picks the device). ``dtype`` ("float32" default, or "float16") is the
+    compute dtype of the transformer; LayerNorm and attention softmax run in float32.
+    """
+
+    LAYERS = ("last", "penultimate")
+
+    def __init__(self, arch="ViT-H-14", version="laion2b_s32b_b79k", device="cpu", max_length=77,
+                 freeze=True, layer="last", dtype="float32"):
+        super().__init__()
+        if layer not in self.LAYERS:
+            raise ValueError(f"layer must be one of {self.LAYERS}, got {layer!r}")
+        if isinstance(dtype, str):
+            if dtype not in _DTYPES:
+                raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+            dtype = _DTYPES[dtype]
+        self.model = TextTransformer.from_config(get_model_config(arch))
+        self.arch = arch
+        self.version = version
+        self.device = device
+        # Kept for signature compatibility; like the original, tokenisation always
+        # uses the model's context length (open_clip.tokenize's default, 77).
+        self.max_length = max_length
+        self.dtype = dtype
+        self.layer = layer
+        # Number of trailing resblocks to skip.
+        self.layer_idx = self.LAYERS.index(layer)
+        if freeze:
+            self.freeze()
+
+    def freeze(self):
+        self.set_train(False)
+        for param in self.get_parameters():
+            param.requires_grad = False
+
+    def tokenize(self, text):
+        return Tensor(tokenize(text, context_length=self.model.context_length))
+
+    def encode_with_transformer(self, tokens):
+        return self.model.encode_hidden(tokens, skip_last=self.layer_idx, dtype=self.dtype)
+
+    def construct(self, text):
+        return self.encode_with_transformer(self.tokenize(text))
+
+    def encode(self, text):
+        return self(text)

@@ -1,0 +1,154 @@
+"""Multiview previews of a prompt: ``python scripts/t2i.py --text "a cute corgi"``.
+
+Writes a grid PNG (rows = samples, columns = views) and every view as its own PNG.
+Same flags as the original MVDream script, plus --steps, --scale, --negative_prompt,
+--n_samples, --output, --overwrite and --device_target.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
+os.environ.setdefault("GLOG_v", "3")
+
+import numpy as np  # noqa: E402
+
+
+class UsageError(ValueError):
+    """Bad command-line input; reported as one line."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_name", type=str, default="sd-v2.1-base-4view", help="pretrained model name")
+    parser.add_argument("--config_path", type=str, default=None, help="local model config (with --ckpt_path)")
+    parser.add_argument("--ckpt_path", type=str, default=None, help="local checkpoint (.pt/.pth/.ckpt/.safetensors)")
+    parser.add_argument("--cache_dir", type=str, default=None, help="Hugging Face cache directory")
+    parser.add_argument("--text", type=str, default="an astronaut riding a horse")
+    parser.add_argument("--suffix", type=str, default=", 3d asset")
+    parser.add_argument("--negative_prompt", type=str, default="")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--num_frames", type=int, default=4, help="views per object")
+    parser.add_argument("--use_camera", type=int, default=1)
+    parser.add_argument("--camera_elev", type=float, default=15)
+    parser.add_argument("--camera_azim", type=float, default=90)
+    parser.add_argument("--camera_azim_span", type=float, default=360)
+    parser.add_argument("--seed", type=int, default=23)
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--scale", type=float, default=10.0, help="classifier-free guidance scale")
+    parser.add_argument("--n_samples", type=int, default=3, help="rows of the grid")
+    parser.add_argument("--fp16", action="store_true", help="run UNet and VAE in float16")
+    parser.add_argument("--output", type=str, default="sample.png", help="grid PNG path")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--device_target", type=str, default="CPU", choices=["CPU", "Ascend", "GPU"])
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    return parser.parse_args(argv)
+
+
+def resolve_output(path, overwrite):
+    """Return a grid path that does not clobber another run's file unless asked."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--output {path} must end in .png")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"--output {path}: {parent} is not a directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--output {path}: cannot create {parent} ({err.strerror}); choose a writable path") from None
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"--output {path}: {parent} is not writable; choose a writable path")
+    if overwrite or not path.exists():
+        return path
+    for n in range(1, 10000):
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+        if not candidate.exists():
+            print(f"{path} exists; writing {candidate} instead (pass --overwrite to replace it)")
+            return candidate
+    raise UsageError(f"--output {path}: too many existing numbered outputs; pass --overwrite")
+
+
+def validate(args):
+    if args.num_frames < 1:
+        raise UsageError(f"--num_frames must be >= 1, got {args.num_frames}")
+    if args.n_samples < 1:
+        raise UsageError(f"--n_samples must be >= 1, got {args.n_samples}")
+    if args.steps < 1 or args.steps > 1000:
+        raise UsageError(f"--steps must be in 1..1000, got {args.steps}")
+    if args.config_path is not None and args.ckpt_path is None:
+        raise UsageError("--config_path needs --ckpt_path (the weights that fit that config)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    validate(args)
+    output = resolve_output(args.output, args.overwrite)
+
+    import mindspore as ms
+    from PIL import Image
+
+    from mvdream.camera_utils import get_camera
+    from mvdream.model_zoo import build_model
+    from mvdream.ldm.models.diffusion.ddim import DDIMSampler
+    from mvdream.t2i import latent_downsampling_factor, t2i
+
+    ms.set_context(mode=ms.PYNATIVE_MODE, device_target=args.device_target)
+    model = build_model(args.model_name, ckpt_path=args.ckpt_path, cache_dir=args.cache_dir,
+                        config_path=args.config_path)
+    factor = latent_downsampling_factor(model)
+    if args.size <= 0 or args.size % factor:
+        raise UsageError(f"--size must be a positive multiple of {factor} for this model, got {args.size}")
+    if args.fp16:
+        model.set_dtype(ms.float16)
+    model.set_train(False)
+
+    sampler = DDIMSampler(model)
+    batch_size = max(4, args.num_frames) if args.use_camera else max(4, 1)
+    camera = None
+    if args.use_camera:
+        if batch_size % args.num_frames:
+            batch_size = args.num_frames * (batch_size // args.num_frames + 1)
+        camera = get_camera(args.num_frames, elevation=args.camera_elev, azimuth_start=args.camera_azim,
+                            azimuth_span=args.camera_azim_span)
+        camera = ms.ops.tile(camera, (batch_size // args.num_frames, 1))
+    uc = model.get_learned_conditioning([args.negative_prompt])
+    prompt = args.text + args.suffix
+
+    rows = []
+    for row in range(args.n_samples):
+        images = t2i(model, args.size, prompt, uc, sampler, steps=args.steps, scale=args.scale,
+                     batch_size=batch_size, camera=camera, num_frames=args.num_frames,
+                     seed=args.seed + row, verbose=not args.no_progress)
+        rows.append(images)
+
+    stem = output.with_suffix("")
+    view_paths = []
+    for r, images in enumerate(rows):
+        for v, image in enumerate(images):
+            view_path = Path(f"{stem}_r{r}_v{v}.png")
+            Image.fromarray(image).save(view_path)
+            view_paths.append(view_path)
+    grid = np.concatenate([np.concatenate(list(images), axis=1) for images in rows], axis=0)
+    Image.fromarray(grid).save(output)
+    print(f"wrote {output} ({grid.shape[1]}x{grid.shape[0]}, {args.n_samples} rows x {len(rows[0])} views) "
+          f"and {len(view_paths)} view images {view_paths[0].name} ... {view_paths[-1].name}")
+    return output
+
+
+def cli():
+    from mvdream.errors import user_facing_errors
+
+    try:
+        main()
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except user_facing_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()
