@@ -107,3 +107,24 @@ def test_default_layout_matches_tcnn_table_size():
     assert enc.encoding.params.shape[0] == 2 * int(lay.size.sum())
     init = enc.encoding.params.asnumpy()
     assert np.abs(init).max() <= 1e-4 and init.std() > 3e-5
+
+
+def test_auto_backend_falls_back_to_ops_when_the_kernel_cannot_build(monkeypatch, caplog):
+    from threestudio.models.hashgrid import cpp_backend
+    monkeypatch.setattr(cpp_backend, "_library", RuntimeError("no compiler"))
+    monkeypatch.setattr(hashgrid, "_warned", set())
+    layout = hashgrid.GridLayout(3, 2, 2, 8, 4, 2.0)
+    with caplog.at_level("WARNING"):
+        backend = hashgrid.make_backend(layout, "auto")
+    assert backend.name == "ops" and "no compiler" in caplog.text
+    with pytest.raises(RuntimeError, match="no compiler"):
+        hashgrid.make_backend(layout, "cpp")
+
+
+def test_progressive_band_hashgrid_masks_levels():
+    enc = get_encoding(3, dict(CFG, otype="ProgressiveBandHashGrid", start_level=1, start_step=10, update_steps=5))
+    x = Tensor(np.random.default_rng(0).uniform(0, 1, (7, 3)).astype(np.float32))
+    assert np.all(enc(x).asnumpy() == 0)  # threestudio: all masked until the first update_step
+    enc.encoding.update_step(0, 17)  # level = 1 + (17 - 10) // 5 = 2
+    out = enc(x).asnumpy()
+    assert np.all(out[:, 4:] == 0) and np.all(out[:, :4] != 0)
