@@ -1,1 +1,1 @@
-
+from . import base, implicit_volume  # noqa: F401

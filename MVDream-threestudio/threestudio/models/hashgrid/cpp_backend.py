@@ -1,0 +1,93 @@
+"""C++ hash grid (``hashgrid_kernel.cc``) behind ``ops.Custom(func_type="aot")`` on CPU.
+
+The source is compiled with g++ (-O3, OpenMP) on first use into
+``$THREESTUDIO_CACHE_DIR`` (default ``~/.cache/threestudio_ms``), named by the source hash
+so edits rebuild and concurrent processes never load a half-written library.
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, ops
+
+from . import GridLayout, register_backend
+
+_SOURCE = Path(__file__).with_name("hashgrid_kernel.cc")
+_library = None  # path of the built .so, or the exception that prevented building it
+
+
+def _build() -> str:
+    src = _SOURCE.read_bytes()
+    digest = hashlib.sha1(src).hexdigest()[:12]
+    cache = Path(os.environ.get("THREESTUDIO_CACHE_DIR", Path.home() / ".cache" / "threestudio_ms"))
+    cache.mkdir(parents=True, exist_ok=True)
+    lib = cache / f"hashgrid_{digest}.so"
+    if lib.exists():
+        return str(lib)
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        raise RuntimeError("no C++ compiler (g++) found")
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    cmd = [compiler, "-O3", "-std=c++14", "-fopenmp", "-shared", "-fPIC", str(_SOURCE), "-o", tmp]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        os.unlink(tmp)
+        raise RuntimeError(f"compiling {_SOURCE.name} failed: {result.stderr[-2000:]}")
+    os.replace(tmp, lib)  # atomic: other processes see either nothing or the whole library
+    return str(lib)
+
+
+def library() -> str:
+    global _library
+    if _library is None:
+        try:
+            _library = _build()
+        except Exception as err:  # noqa: BLE001 - remembered and re-raised on each check
+            _library = err
+    if isinstance(_library, Exception):
+        raise _library
+    return _library
+
+
+@register_backend("cpp")
+class CppHashGrid:
+    name = "cpp"
+
+    @staticmethod
+    def check_available():
+        library()
+
+    def __init__(self, layout: GridLayout):
+        if layout.n_features_per_level > 16:
+            raise ValueError("the C++ hash grid supports up to 16 features per level")
+        lib = library()
+        D, L, F = layout.n_input_dims, layout.n_levels, layout.n_features_per_level
+        meta = np.concatenate([layout.offset[:, None], layout.size[:, None], layout.hashed[:, None].astype(np.int64),
+                               layout.strides], axis=1)
+        self.meta = Tensor(meta.astype(np.int64))
+        self.scale = Tensor(layout.scale.astype(np.float32))
+        backward = ops.Custom(
+            f"{lib}:hashgrid_bwd",
+            out_shape=lambda x, p, m, s, g: (p, x),
+            out_dtype=lambda x, p, m, s, g: (ms.float32, ms.float32),
+            func_type="aot")
+
+        def bprop(x, params, meta, scale, out, dout):
+            dparams, dx = backward(x, params, meta, scale, dout)
+            return dx, dparams, ops.zeros_like(meta), ops.zeros_like(scale)
+
+        self.forward = ops.Custom(
+            f"{lib}:hashgrid_fwd",
+            out_shape=lambda x, p, m, s: (x[0], L * F),
+            out_dtype=lambda x, p, m, s: ms.float32,
+            func_type="aot",
+            bprop=bprop)
+
+    def __call__(self, x, params):
+        return self.forward(x, params, self.meta, self.scale)
