@@ -179,3 +179,12 @@ def test_half_precision_runs_close(parity_dir, golden):
     err = abs(float(result["loss_sds"].asnumpy()) - float(golden["recon_loss"])) / float(golden["recon_loss"])
     print(f"fp16 recon_loss rel err {err:.2e}")
     assert err < 2e-2
+
+
+def test_bench_tool_runs_on_the_tiny_config():
+    import bench_guidance  # tools/ is on sys.path (conftest)
+    guidance, _ = bench_guidance.build_guidance(tiny=True, fp16=False)
+    result = bench_guidance.bench(guidance, size=8, batch=4, iters=1, warmup=0)
+    assert set(result) == {"total_s", "vae_encode_s", "unet_s", "other_forward_s", "backward_s"}
+    assert all(v >= 0 for v in result.values()) and result["unet_s"] < result["total_s"]
+    assert "compute_target" not in vars(guidance)  # the timing wrappers are removed

@@ -122,3 +122,18 @@ def test_config_errors():
     # Keys of the original configs are accepted.
     make({"prompt": "p", "negative_prompt": "neg", "pretrained_model_name_or_path": "stabilityai/stable-diffusion-2-1-base", "spawn": False,
           "use_perp_neg": True, "perp_neg_f_sb": [1, 0.5, -0.6]}, text_encoder=fake_encoder)
+
+
+def test_guidance_takes_embeddings_from_prompt_utils(guidance, tmp_path):
+    """Without text_embeddings the guidance asks prompt_utils (view_dependent_prompting=False)."""
+    from mindspore import Tensor
+    utils = make({"prompt": PROMPT, "cache_dir": str(tmp_path)}, text_encoder=guidance.encode_text,
+                 cache_key=guidance.text_encoder_key)()
+    rng = np.random.default_rng(3)
+    latents, noise = (Tensor(rng.standard_normal((4, 4, 8, 8)).astype(np.float32)) for _ in range(2))
+    ele, azi, dist = np.zeros(4, np.float32), np.array([0, 90, 180, 270], np.float32), np.ones(4, np.float32)
+    c2w = Tensor(np.tile(np.eye(4, dtype=np.float32), (4, 1, 1)))
+    implicit = guidance(latents, utils, ele, azi, dist, c2w, input_is_latent=True, timestep=500, noise=noise)
+    explicit = guidance(latents, None, None, None, None, c2w, input_is_latent=True, timestep=500, noise=noise,
+                        text_embeddings=utils.get_text_embeddings(ele, azi, dist, view_dependent_prompting=False))
+    assert implicit["loss_sds"].asnumpy() == explicit["loss_sds"].asnumpy()

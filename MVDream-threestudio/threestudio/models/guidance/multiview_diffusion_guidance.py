@@ -10,6 +10,20 @@ encoder to the rendered image.
 Every random draw (timestep, VAE posterior sample, diffusion noise) comes from the
 guidance's own NumPy Generator (``seed``), whose state is saved/restored with
 ``get_rng_state``/``set_rng_state``; each draw can also be injected (tests).
+
+Use from the system:
+
+    guidance = threestudio.find("multiview-diffusion-guidance")(cfg.guidance, precision=trainer_precision)
+    processor = threestudio.find(cfg.prompt_processor_type)(
+        cfg.prompt_processor, text_encoder=guidance.encode_text, cache_key=guidance.text_encoder_key)
+    prompt_utils = processor()
+    out = guidance(rgb, prompt_utils, **batch)  # rgb [B, H, W, 3] in [0, 1]; batch has c2w, elevation, ...
+    loss = out["loss_sds"] * lambda_sds        # differentiate w.r.t. the system's own parameters
+    guidance.do_update_step(epoch, global_step)  # or via the system's do_update_step recursion
+    ckpt["guidance_rng"] = guidance.get_rng_state()
+
+Holding the guidance as a child cell of the system is fine: the system's
+``trainable_params()``/``parameters_and_names()`` contain nothing of it.
 """
 import hashlib
 import os
