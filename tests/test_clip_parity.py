@@ -8,7 +8,6 @@ from mindspore import Tensor
 
 from mvdream.checkpoint import load_state_dict_into
 from mvdream.ldm.modules.encoders.modules import FrozenOpenCLIPEmbedder
-from mvdream.ldm.modules.encoders.open_clip_text import TextTransformer, get_model_config
 from mvdream.ldm.modules.encoders.tokenizer import get_tokenizer, tokenize
 
 PREFIX = "cond_stage_model.model."
@@ -113,25 +112,3 @@ def test_bad_arguments():
         FrozenOpenCLIPEmbedder(arch="ViT-Q-99")
 
 
-def test_vit_h_14_matches_manifest(parity_dir):
-    """ViT-H-14 text tower vs the released checkpoint's key/shape manifest.
-
-    Built with 1 block to stay small; block shapes are checked against
-    resblocks.0 and the parameter total is extrapolated to 24 blocks (the full
-    build was checked once: 354,032,641 parameters, all 294 keys equal).
-    """
-    cfg = get_model_config("ViT-H-14")
-    assert cfg["embed_dim"] == 1024
-    assert cfg["text_cfg"] == {"context_length": 77, "vocab_size": 49408, "width": 1024, "heads": 16, "layers": 24}
-    manifest = {}
-    for line in (parity_dir / "sd-v2.1-base-4view.manifest.tsv").read_text().splitlines():
-        key, shape = line.split("\t")[:2]
-        if key.startswith(PREFIX):
-            manifest[key[len(PREFIX):]] = () if shape == "scalar" else tuple(int(v) for v in shape.split("x"))
-    small = TextTransformer.from_config({**cfg, "text_cfg": {**cfg["text_cfg"], "layers": 1}})
-    ours = {n: tuple(p.shape) for n, p in small.parameters_and_names()}
-    assert ours == {k: v for k, v in manifest.items() if ".resblocks." not in k or ".resblocks.0." in k}
-    assert len(manifest) == len(ours) + 23 * 12
-    block = sum(int(np.prod(v)) for k, v in ours.items() if ".resblocks.0." in k)
-    assert sum(int(np.prod(v)) for v in ours.values()) + 23 * block == 354_032_641
-    assert sum(int(np.prod(v)) for v in manifest.values()) == 354_032_641

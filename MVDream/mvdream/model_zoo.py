@@ -6,6 +6,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .checkpoint import CheckpointError, load_checkpoint_file
+from .errors import UnknownModelError
 from .ldm.util import instantiate_from_config
 
 PRETRAINED_MODELS = {
@@ -28,7 +29,7 @@ class ModelNotAvailableError(CheckpointError):
 
 def _check_model_name(model_name):
     if model_name not in PRETRAINED_MODELS:
-        raise ValueError(f"Model name {model_name!r} is not a pre-trained model; available models: "
+        raise UnknownModelError(f"model name {model_name!r} is not a pre-trained model; available models: "
                          + ", ".join(PRETRAINED_MODELS))
     return PRETRAINED_MODELS[model_name]
 

@@ -3,15 +3,20 @@ import numpy as np
 from mindspore import ops
 
 
-def latent_downsampling_factor(model):
-    """Image pixels per latent pixel times the UNet's total downsampling.
+def vae_downsampling_factor(model):
+    """Image pixels per latent pixel (8 for the released models)."""
+    return 2 ** (model.first_stage_model.encoder.num_resolutions - 1)
+
+
+def latent_downsampling_factor(model_config):
+    """Image pixels per latent pixel times the UNet's total downsampling, from a model config.
 
     An image size must be a multiple of this for the UNet's skip connections to line up.
     """
-    vae_factor = 2 ** (len(model.first_stage_model.encoder.ch_mult) - 1)
-    unet = model.model.diffusion_model
-    unet_factor = 2 ** (len(unet.channel_mult) - 1)
-    return vae_factor * unet_factor
+    params = model_config.params
+    vae_levels = len(params.first_stage_config.params.ddconfig.ch_mult)
+    unet_levels = len(params.unet_config.params.channel_mult)
+    return 2 ** (vae_levels - 1) * 2 ** (unet_levels - 1)
 
 
 def t2i(model, image_size, prompt, uc, sampler, steps=50, scale=10.0, batch_size=4, ddim_eta=0.0,
@@ -24,8 +29,8 @@ def t2i(model, image_size, prompt, uc, sampler, steps=50, scale=10.0, batch_size
     if camera is not None:
         cond["camera"] = uncond["camera"] = camera
         cond["num_frames"] = uncond["num_frames"] = num_frames
-    vae_factor = 2 ** (len(model.first_stage_model.encoder.ch_mult) - 1)
-    shape = [model.model.diffusion_model.in_channels, image_size // vae_factor, image_size // vae_factor]
+    latent_size = image_size // vae_downsampling_factor(model)
+    shape = [model.model.diffusion_model.in_channels, latent_size, latent_size]
     samples, _ = sampler.sample(S=steps, conditioning=cond, batch_size=batch_size, shape=shape,
                                 verbose=verbose, unconditional_guidance_scale=scale,
                                 unconditional_conditioning=uncond, eta=ddim_eta, x_T=x_T, seed=seed)

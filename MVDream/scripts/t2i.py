@@ -9,10 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
-os.environ.setdefault("GLOG_v", "3")
+import numpy as np
 
-import numpy as np  # noqa: E402
+import mvdream.runtime  # noqa: F401  (sets MindSpore's environment before it starts)
 
 
 class UsageError(ValueError):
@@ -90,26 +89,27 @@ def main(argv=None):
     from PIL import Image
 
     from mvdream.camera_utils import get_camera
-    from mvdream.model_zoo import build_model
+    from mvdream.model_zoo import build_model, load_model_config
+    from mvdream.runtime import setup_runtime
     from mvdream.ldm.models.diffusion.ddim import DDIMSampler
     from mvdream.t2i import latent_downsampling_factor, t2i
 
-    ms.set_context(mode=ms.PYNATIVE_MODE, device_target=args.device_target)
-    model = build_model(args.model_name, ckpt_path=args.ckpt_path, cache_dir=args.cache_dir,
-                        config_path=args.config_path)
-    factor = latent_downsampling_factor(model)
+    setup_runtime(args.device_target)
+    # Check the size against the config before loading gigabytes of weights.
+    factor = latent_downsampling_factor(load_model_config(args.model_name, args.config_path))
     if args.size <= 0 or args.size % factor:
         raise UsageError(f"--size must be a positive multiple of {factor} for this model, got {args.size}")
+    model = build_model(args.model_name, ckpt_path=args.ckpt_path, cache_dir=args.cache_dir,
+                        config_path=args.config_path)
     if args.fp16:
         model.set_dtype(ms.float16)
     model.set_train(False)
 
     sampler = DDIMSampler(model)
-    batch_size = max(4, args.num_frames) if args.use_camera else max(4, 1)
+    batch_size = max(4, args.num_frames)  # as the original: at least 4 images per row
     camera = None
     if args.use_camera:
-        if batch_size % args.num_frames:
-            batch_size = args.num_frames * (batch_size // args.num_frames + 1)
+        batch_size = -(-batch_size // args.num_frames) * args.num_frames  # whole groups of views
         camera = get_camera(args.num_frames, elevation=args.camera_elev, azimuth_start=args.camera_azim,
                             azimuth_span=args.camera_azim_span)
         camera = ms.ops.tile(camera, (batch_size // args.num_frames, 1))

@@ -1,1 +1,2 @@
 
+from . import mvdream  # noqa: F401

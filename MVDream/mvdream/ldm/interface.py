@@ -62,10 +62,15 @@ class LatentDiffusionInterface(DiffusionSchedule):
         self.scale_factor = scale_factor
         self.compute_dtype = ms.float32
 
-    def set_dtype(self, dtype):
+    def set_dtype(self, dtype, cast_weights=False):
         """Run UNet, VAE and text encoder in ``dtype`` (e.g. float16, as the original's
-        autocast). Parameters stay float32, norms and softmax run in float32, and the
-        interface's inputs and outputs stay float32."""
+        autocast). Norms and softmax run in float32 and the interface's inputs and
+        outputs stay float32. ``cast_weights`` also stores the network weights in
+        ``dtype`` (half the memory); the schedule buffers always stay float32."""
+        if cast_weights:
+            for cell in (self.model, self.first_stage_model, self.cond_stage_model):
+                for param in cell.get_parameters():
+                    param.set_dtype(dtype)
         self.compute_dtype = dtype
         self.model.diffusion_model.dtype = dtype
         self.cond_stage_model.dtype = dtype

@@ -15,7 +15,9 @@ def make_ddim_timesteps(num_ddim_timesteps, num_ddpm_timesteps):
     if not 0 < num_ddim_timesteps <= num_ddpm_timesteps:
         raise ValueError(f"DDIM steps must be in 1..{num_ddpm_timesteps}, got {num_ddim_timesteps}")
     stride = num_ddpm_timesteps // num_ddim_timesteps
-    return np.arange(0, num_ddpm_timesteps, stride, dtype=np.int64) + 1
+    # When S does not divide 1000 the original gets S+1 steps, the last one (1000) out
+    # of range; keep the first S (identical whenever S divides 1000).
+    return np.arange(0, num_ddpm_timesteps, stride, dtype=np.int64)[:num_ddim_timesteps] + 1
 
 
 def make_ddim_sampling_parameters(alphas_cumprod, ddim_timesteps, eta):

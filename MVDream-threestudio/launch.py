@@ -1,0 +1,220 @@
+"""Train / test a threestudio system (MindSpore port of threestudio's launch.py).
+
+MVDream's two-stage recipe (configs/mvdream-sd21.yaml):
+
+  # stage 1, 64x64: stops at the first data.resolution_milestones step (5000), saves a checkpoint
+  python launch.py --train system.prompt_processor.prompt="an astronaut riding a horse"
+  # stage 2, 256x256: continues from that checkpoint to trainer.max_steps
+  python launch.py --train --train_highres resume=outputs/<name>/<trial>/ckpts/last.ckpt \\
+      system.prompt_processor.prompt="an astronaut riding a horse" system.use_recompute=true
+  # render the test orbit (frames + mp4) of a checkpoint
+  python launch.py --test resume=outputs/<name>/<trial>/ckpts/last.ckpt system.prompt_processor.prompt="..."
+
+Run both stages in one process with trainer.stop_at_milestone=false.
+"""
+import argparse
+import logging
+import os
+import random
+import sys
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join("configs", "mvdream-sd21.yaml")
+
+EPILOG = """\
+key=value overrides (any config key), e.g.:
+  system.prompt_processor.prompt="a cat"   the text prompt (required by the MVDream configs)
+  resume=PATH                              continue training from / test a checkpoint (*.ckpt)
+  system.weights=PATH                      initialise the model from a checkpoint (weights only)
+  trainer.max_steps=20                     number of training steps
+  trainer.stop_at_milestone=false          train straight through the resolution milestones
+                                           (default true: a plain --train stops at the next
+                                           data.resolution_milestones step and saves a checkpoint)
+  trainer.precision=32                     fp32 guidance (16-mixed: fp16, for Ascend; ~3x slower on CPU)
+
+Outputs: <exp_root_dir>/<name>/<tag>@<YYYYMMDD-HHMMSS>/ with configs/{raw,parsed}.yaml,
+ckpts/step<N>.ckpt + last.ckpt, save/ (validation and test images, video), metrics.csv, log.txt.
+A resumed run writes a new trial dir; pass --config <trial>/configs/parsed.yaml to reuse the old one.
+"""
+
+
+class TqdmHandler(logging.StreamHandler):
+    """Log lines that don't break the progress bar."""
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Text-to-3D with MVDream (MindSpore threestudio).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default: {DEFAULT_CONFIG})")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", action="store_true", help="train (stops at the next resolution milestone)")
+    mode.add_argument("--test", action="store_true", help="render the test views of resume=CKPT (frames + mp4)")
+    mode.add_argument("--export", action="store_true", help="export a mesh from resume=CKPT (not implemented yet)")
+    parser.add_argument("--train_highres", action="store_true",
+                        help="with --train and resume=CKPT: continue to trainer.max_steps (high-resolution stage)")
+    parser.add_argument("--gif", action="store_true", help="with --test (or after training): also write a gif")
+    parser.add_argument("--device_target", default="CPU", choices=["CPU", "Ascend", "GPU"],
+                        help="MindSpore device (default: CPU); always PyNative mode")
+    parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks on errors")
+    return parser
+
+
+def setup_logging(verbose: bool) -> logging.Logger:
+    logger = logging.getLogger("threestudio")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        handler = TqdmHandler()
+        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+def add_log_file(logger: logging.Logger, path: str):
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+    logger.addHandler(handler)
+
+
+def seed_everything(seed: int):
+    import mindspore as ms
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    ms.set_seed(seed)
+
+
+def run(args, extras, logger) -> int:
+    if args.train_highres and not args.train:
+        raise UsageError("--train_highres goes with --train")
+    config_path = args.config
+    if not os.path.isfile(config_path) and os.path.isfile(os.path.join(HERE, config_path)):
+        config_path = os.path.join(HERE, config_path)  # the default works from any directory
+
+    from threestudio.utils.experiment import (
+        checkpoint_config, dump_configs, load_experiment, make_trial_dir, trainer_config)
+
+    cfg, raw, resolved = load_experiment(config_path, extras)
+    trainer_cfg, ckpt_cfg = trainer_config(cfg), checkpoint_config(cfg)
+    if args.train_highres and cfg.resume is None:
+        raise UsageError("--train_highres continues a low-resolution run: give resume=path/to/ckpts/last.ckpt "
+                         "(to train both stages in one run use trainer.stop_at_milestone=false)")
+    if (args.test or args.export) and cfg.resume is None:
+        raise UsageError(f"--{'test' if args.test else 'export'} needs a checkpoint: resume=path/to/ckpts/last.ckpt")
+    if args.train and trainer_cfg.max_steps < 0:
+        raise UsageError("set trainer.max_steps")
+    if args.export:
+        raise NotImplementedYet("--export is not implemented yet")
+
+    import mindspore as ms
+
+    ms.set_context(mode=ms.PYNATIVE_MODE, device_target=args.device_target)
+    seed_everything(cfg.seed)
+
+    import threestudio
+    from threestudio.utils.checkpoint import load_checkpoint
+    from threestudio.utils.trainer import Trainer, restore_checkpoint
+
+    ckpt = load_checkpoint(cfg.resume) if cfg.resume else None  # fail early on a bad path
+    dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed)
+    dm.setup()
+    system = threestudio.find(cfg.system_type)(cfg.system, resumed=ckpt is not None,
+                                               precision=trainer_cfg.precision)
+    trainer = Trainer(trainer_cfg, ckpt_cfg)
+    start_step = 0
+    if args.train:
+        trainer.setup_optimization(system)
+    if ckpt is not None:
+        start_step = restore_checkpoint(cfg.resume, *ckpt, system, trainer.optimizer, trainer.params,
+                                        dm if args.train else None)
+        logger.info("resumed from %s at step %d", cfg.resume, start_step)
+
+    if args.train:
+        max_steps = stop = trainer_cfg.max_steps
+        if trainer_cfg.stop_at_milestone and not args.train_highres:
+            later = [int(m) for m in (cfg.data.get("resolution_milestones") or []) if start_step < int(m) < max_steps]
+            stop = later[0] if later else max_steps
+        if start_step >= stop:
+            raise UsageError(f"the checkpoint is at step {start_step}: nothing to train up to "
+                             f"trainer.max_steps={max_steps}")
+
+    # everything is valid: only now create the trial directory
+    trial_dir = make_trial_dir(cfg)
+    dump_configs(trial_dir, raw, resolved, cfg)
+    add_log_file(logger, os.path.join(trial_dir, "log.txt"))
+    logger.info("trial dir: %s", trial_dir)
+    trainer.set_trial_dir(trial_dir)
+    system.set_save_dir(os.path.join(trial_dir, "save"))
+    formats = ("mp4", "gif") if args.gif else ("mp4",)
+
+    if args.train:
+        result = trainer.fit(system, dm, start_step, stop)
+        if stop < max_steps:
+            logger.info("stopped at resolution milestone %d. Continue with:\n  python launch.py --config %s "
+                        "--train --train_highres resume=%s", stop,
+                        os.path.join(trial_dir, "configs", "parsed.yaml"), os.path.join(trial_dir, "ckpts", "last.ckpt"))
+        else:
+            trainer.test(system, dm, formats=formats)
+        logger.info("checkpoint: %s", result["checkpoint"])
+    elif args.test:
+        trainer.test(system, dm, formats=formats)
+    return 0
+
+
+class UsageError(ValueError):
+    """Wrong combination of command-line flags."""
+
+
+class NotImplementedYet(RuntimeError):
+    pass
+
+
+def known_errors():
+    from omegaconf.errors import OmegaConfBaseException
+
+    from threestudio.utils.checkpoint import CheckpointError
+    from threestudio.utils.config import ConfigError
+
+    try:
+        from mvdream.checkpoint import CheckpointError as ModelCheckpointError
+    except ImportError:  # pragma: no cover
+        ModelCheckpointError = CheckpointError
+    return (UsageError, NotImplementedYet, ConfigError, CheckpointError, ModelCheckpointError,
+            OmegaConfBaseException, FileNotFoundError, KeyError)
+
+
+def main(argv=None) -> int:
+    sys.path.insert(0, HERE)
+    sibling = os.path.join(os.path.dirname(HERE), "MVDream")  # the mvdream package, if not installed
+    if os.path.isdir(sibling) and sibling not in sys.path:
+        sys.path.append(sibling)
+    args, extras = build_parser().parse_known_args(argv)
+    logger = setup_logging(args.verbose)
+    try:
+        return run(args, extras, logger)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line for known errors, traceback otherwise (or with --verbose)
+        if not isinstance(err, known_errors()):
+            raise
+        if args.verbose:
+            traceback.print_exc(limit=-4)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {str(message).splitlines()[0] if message else type(err).__name__}", file=sys.stderr)
+        return 2 if isinstance(err, NotImplementedYet) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Training checkpoints: MindSpore ``.ckpt`` files written atomically.
+
+One file holds named arrays (module parameters and buffers such as the occupancy grid, the
+optimizer moments) plus one JSON string ``__meta__`` (format tag, global step, RNG states,
+config fingerprint). The guidance weights are never stored: they are frozen and come from the
+guidance's own checkpoint.
+
+Writes go to a temporary file in the same directory, then ``os.replace`` (atomic on POSIX), so
+an interrupted save never leaves a truncated ``last.ckpt``.
+"""
+import base64
+import hashlib
+import json
+import os
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor
+
+FORMAT = "mvdream-threestudio-mindspore-training-checkpoint/1"
+META_KEY = "__meta__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, corrupt, foreign, or from another model."""
+
+
+# ---------------------------------------------------------------- JSON for RNG states
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        obj = obj.asnumpy()
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype), "shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, bytes):
+        return {"__bytes__": base64.b64encode(obj).decode()}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(x) for x in obj]}
+    if isinstance(obj, list):
+        return [_encode(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint's metadata")
+
+
+def _decode(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"]).reshape(obj["shape"])
+        if "__bytes__" in obj:
+            return base64.b64decode(obj["__bytes__"])
+        if "__tuple__" in obj:
+            return tuple(_decode(x) for x in obj["__tuple__"])
+        return {k: _decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(x) for x in obj]
+    return obj
+
+
+def fingerprint(sections: Dict[str, Any]) -> Dict[str, str]:
+    """Short digest per config section (what makes a checkpoint fit a model)."""
+    return {name: hashlib.sha256(json.dumps(_encode(value), sort_keys=True).encode()).hexdigest()[:16]
+            for name, value in sections.items()}
+
+
+# ---------------------------------------------------------------- save / load
+def save_checkpoint(path: str, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
+    """Write ``arrays`` and ``meta`` to ``path`` atomically."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # the name must end in .ckpt or MindSpore appends the suffix itself
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp.ckpt")
+    items = [{"name": k, "data": Tensor(np.ascontiguousarray(v))} for k, v in arrays.items()]
+    try:
+        ms.save_checkpoint(items, tmp, append_dict={META_KEY: json.dumps(_encode({"format": FORMAT, **meta}))})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """Read a checkpoint written by ``save_checkpoint``; one-line CheckpointError otherwise."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        data = ms.load_checkpoint(path)
+    except Exception:  # MindSpore raises ValueError/RuntimeError with multi-line messages
+        raise CheckpointError(f"{path} is not a readable MindSpore checkpoint (corrupt or truncated?)") from None
+    raw_meta = data.pop(META_KEY, None)
+    try:
+        meta = _decode(json.loads(raw_meta)) if isinstance(raw_meta, str) else {}
+    except ValueError:
+        meta = {}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a training checkpoint of this project (no '{FORMAT}' metadata)")
+    arrays = {k: v.asnumpy() for k, v in data.items()}
+    return arrays, meta
+
+
+def check_fingerprint(path: str, meta: Dict[str, Any], expected: Dict[str, str]) -> None:
+    """Refuse a checkpoint written for another model config, naming the first differing section."""
+    stored = meta.get("fingerprint", {})
+    for name in sorted(set(stored) | set(expected)):
+        if stored.get(name) != expected.get(name):
+            raise CheckpointError(
+                f"{path} was written for a different model: its system.{name} config differs from this run's")

@@ -1,0 +1,207 @@
+"""The training / test loop (what pytorch-lightning's Trainer did for threestudio).
+
+Per training step ``g`` (0-based; ``global_step`` after it is ``g + 1``, as in Lightning):
+  1. ``batch = dm.train_dataset.collate_next(g)`` (resolution / batch size follow the milestones)
+  2. ``system.do_update_step(0, g)`` (schedules, occupancy grid)
+  3. loss and gradients with ``mindspore.value_and_grad`` over the optimizer's parameters, then
+     one optimizer step
+  4. every ``log_every_n_steps``: a row of ``metrics.csv``; every ``val_check_interval`` steps:
+     validation images ``save/it<g+1>-val/``; every ``checkpoint.every_n_train_steps``:
+     ``ckpts/step<g+1>.ckpt`` (+ ``last.ckpt``)
+The run ends with a checkpoint at its last step. A checkpoint stores everything that makes a
+resumed run continue exactly like an uninterrupted one (see ``checkpoint_payload``).
+"""
+import csv
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import mindspore as ms
+import numpy as np
+from tqdm import tqdm
+
+from .checkpoint import CheckpointError, check_fingerprint, fingerprint, save_checkpoint
+from .experiment import CheckpointConfig, TrainerConfig
+
+logger = logging.getLogger("threestudio")
+
+
+class MetricsCSV:
+    """``metrics.csv``: one row per logged step; new columns rewrite the header (rare)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fields: List[str] = []
+        if os.path.isfile(path):
+            with open(path, newline="") as f:
+                self.fields = next(csv.reader(f), [])
+
+    def log(self, row: Dict[str, Any]):
+        new = [k for k in row if k not in self.fields]
+        if new:
+            rows = []
+            if os.path.isfile(self.path):
+                with open(self.path, newline="") as f:
+                    rows = list(csv.DictReader(f))
+            self.fields += new
+            with open(self.path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.fields)
+                writer.writeheader()
+                writer.writerows(rows)
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+
+
+def checkpoint_payload(system, optimizer, params, dm, global_step: int, epoch: int = 0):
+    """(arrays, meta) of a training checkpoint: module state, optimizer moments and step,
+    the global step, every RNG state (data module, guidance, NumPy, Python), the fingerprint."""
+    arrays = {f"state.{k}": v for k, v in system.state_arrays().items()}
+    if optimizer is not None:
+        names = {id(p): n for n, p in system.parameters_and_names()}
+        arrays["optimizer.global_step"] = optimizer.global_step.asnumpy().copy()
+        for p, m, v in zip(params, optimizer.moments1, optimizer.moments2):
+            arrays[f"optimizer.m.{names[id(p)]}"] = m.asnumpy().copy()
+            arrays[f"optimizer.v.{names[id(p)]}"] = v.asnumpy().copy()
+    meta = {
+        "global_step": int(global_step),
+        "epoch": int(epoch),
+        "rng": system.rng_states(),
+        "datamodule_rng": dm.get_rng_state() if dm is not None else None,
+        "fingerprint": fingerprint(system.fingerprint_sections()),
+    }
+    return arrays, meta
+
+
+def restore_checkpoint(path: str, arrays, meta, system, optimizer=None, params=None, dm=None) -> int:
+    """Load a checkpoint read with ``load_checkpoint`` into the run; returns its global step."""
+    check_fingerprint(path, meta, fingerprint(system.fingerprint_sections()))
+    state = {k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")}
+    system.load_state_arrays(state, source=path)
+    if optimizer is not None:
+        names = {id(p): n for n, p in system.parameters_and_names()}
+        try:
+            optimizer.global_step.set_data(ms.Tensor(arrays["optimizer.global_step"]).astype(optimizer.global_step.dtype))
+            for p, m, v in zip(params, optimizer.moments1, optimizer.moments2):
+                m.set_data(ms.Tensor(arrays[f"optimizer.m.{names[id(p)]}"]).astype(m.dtype))
+                v.set_data(ms.Tensor(arrays[f"optimizer.v.{names[id(p)]}"]).astype(v.dtype))
+        except KeyError as err:
+            raise CheckpointError(f"{path} has no optimizer state for {err.args[0]}") from None
+        system.set_rng_states(meta["rng"])
+        if dm is not None and meta.get("datamodule_rng") is not None:
+            dm.set_rng_state(meta["datamodule_rng"])
+    step = int(meta["global_step"])
+    system.set_step(int(meta.get("epoch", 0)), step)
+    return step
+
+
+class Trainer:
+    def __init__(self, cfg: TrainerConfig, ckpt_cfg: CheckpointConfig, trial_dir: Optional[str] = None):
+        self.cfg, self.ckpt_cfg = cfg, ckpt_cfg
+        self.optimizer = self.params = None
+        self._grad_fn = None
+        self._batch = None
+        if trial_dir is not None:
+            self.set_trial_dir(trial_dir)
+
+    def set_trial_dir(self, trial_dir: str):
+        """Where checkpoints and metrics.csv go (set once the run is known to be valid)."""
+        self.trial_dir = trial_dir
+        os.makedirs(trial_dir, exist_ok=True)
+        self.ckpt_dir = os.path.join(trial_dir, "ckpts")
+        self.metrics = MetricsCSV(os.path.join(trial_dir, "metrics.csv"))
+
+    # ------------------------------------------------------------------ setup
+    def setup_optimization(self, system):
+        self.optimizer, self.params = system.configure_optimizers()
+        n = sum(int(np.prod(p.shape)) for p in self.params)
+        logger.info("optimising %d parameter tensors (%d values)", len(self.params), n)
+
+        def loss_fn():
+            return system.training_loss(self._batch)
+
+        self._grad_fn = ms.value_and_grad(loss_fn, None, self.params)
+
+    def save(self, system, dm, global_step: int, epoch: int = 0) -> str:
+        arrays, meta = checkpoint_payload(system, self.optimizer, self.params, dm, global_step, epoch)
+        path = os.path.join(self.ckpt_dir, f"step{global_step}.ckpt")
+        save_checkpoint(path, arrays, meta)
+        if self.ckpt_cfg.save_last:
+            save_checkpoint(os.path.join(self.ckpt_dir, "last.ckpt"), arrays, meta)
+        logger.info("saved checkpoint %s", path)
+        return path
+
+    # ------------------------------------------------------------------ loops
+    def train_step(self, system, batch) -> float:
+        self._batch = batch
+        loss, grads = self._grad_fn()
+        self.optimizer(grads)
+        self._batch = None
+        return float(loss.asnumpy())
+
+    def fit(self, system, dm, start_step: int, stop_step: int) -> Dict[str, Any]:
+        """Train steps ``start_step .. stop_step - 1``; returns the loss trace and last checkpoint."""
+        if self._grad_fn is None:
+            self.setup_optimization(system)
+        cfg, every = self.cfg, self.ckpt_cfg.every_n_train_steps
+        val_every = cfg.val_check_interval if isinstance(cfg.val_check_interval, int) else 0
+        if cfg.num_sanity_val_steps and start_step == 0:
+            self.validate(system, dm, start_step, limit=cfg.num_sanity_val_steps)
+        losses, last_ckpt, saved_at = [], None, None
+        bar = tqdm(total=stop_step, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not cfg.enable_progress_bar)
+        t0 = time.time()
+        system.set_train(True)
+        for step in range(start_step, stop_step):
+            batch = dm.train_dataset.collate_next(step)
+            system.set_step(0, step)
+            system.do_update_step(0, step)
+            loss = self.train_step(system, batch)
+            losses.append(loss)
+            global_step = step + 1
+            system.set_step(0, global_step)
+            rate = (step + 1 - start_step) / max(time.time() - t0, 1e-9)
+            bar.set_postfix(loss=f"{loss:.4g}", res=f"{batch['height']}x{batch['width']}")
+            bar.update(1)
+            if not np.isfinite(loss):
+                logger.warning("step %d: loss is %s", global_step, loss)
+            if cfg.log_every_n_steps and global_step % cfg.log_every_n_steps == 0:
+                self.metrics.log({"step": global_step, "loss": loss, "steps_per_s": round(rate, 4),
+                                  **{k: v for k, v in system.train_log.items() if k != "train/loss"}})
+                logger.debug("step %d loss %.6g (%.2f step/s)", global_step, loss, rate)
+            if val_every and global_step % val_every == 0:
+                self.validate(system, dm, global_step)
+                system.set_train(True)
+            if every and global_step % every == 0:
+                last_ckpt, saved_at = self.save(system, dm, global_step), global_step
+        bar.close()
+        if stop_step > start_step:
+            logger.info("trained steps %d..%d: final loss %.6g, %.2f step/s", start_step + 1, stop_step,
+                        losses[-1], (stop_step - start_step) / max(time.time() - t0, 1e-9))
+        if saved_at != stop_step:
+            last_ckpt = self.save(system, dm, stop_step)
+        return {"losses": losses, "checkpoint": last_ckpt}
+
+    def _eval_loop(self, system, dataset, step_fn, desc: str, limit: Optional[int] = None) -> List[str]:
+        system.set_train(False)
+        n = len(dataset) if limit is None else min(limit, len(dataset))
+        written = []
+        for i in tqdm(range(n), desc=desc, unit="view", dynamic_ncols=True, leave=False,
+                      disable=not self.cfg.enable_progress_bar):
+            batch = dataset[i]
+            system.do_update_step(system.true_current_epoch, system.true_global_step)
+            written.append(step_fn(batch, i))
+        return written
+
+    def validate(self, system, dm, global_step: int, limit: Optional[int] = None) -> List[str]:
+        system.set_step(system.true_current_epoch, global_step)
+        written = self._eval_loop(system, dm.val_dataset, system.validation_step, "val", limit)
+        logger.info("step %d: validation images in %s", global_step, os.path.dirname(written[0]) if written else "-")
+        return written
+
+    def test(self, system, dm, formats=("mp4",)) -> List[str]:
+        frames = self._eval_loop(system, dm.test_dataset, system.test_step, "test")
+        videos = system.on_test_epoch_end(formats=formats) if frames else []
+        logger.info("test: %d frames in %s%s", len(frames), os.path.dirname(frames[0]) if frames else "-",
+                    "".join(f", {v}" for v in videos))
+        return frames + videos

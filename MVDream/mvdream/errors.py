@@ -1,0 +1,11 @@
+"""Errors that command-line tools report as one line (no traceback)."""
+from .checkpoint import CheckpointError
+
+
+class UnknownModelError(ValueError):
+    """A model name that is not one of the pretrained models."""
+
+
+def user_facing_errors():
+    """Exception types whose message alone tells the user what to fix."""
+    return (CheckpointError, UnknownModelError, FileNotFoundError)

@@ -1,0 +1,161 @@
+"""Speed and memory of the full-size MVDream model (random weights) on this machine.
+
+    python tools/bench_mvdream.py                   # every case
+    python tools/bench_mvdream.py --cases unet ddim --dtypes fp32 fp16 --repeats 2
+
+Each case runs in its own process so that its peak resident memory is its own.
+Cases (the same work as ../shared/parity/torch_cpu_timings.json where one exists):
+  build  build the whole model (UNet + VAE + text) and report seconds and peak RSS
+  unet   UNet forward, batch 8 = 4 views x CFG 2, 32x32 latents (256 px)
+  vae    VAE encode (posterior sample x 0.18215) + backward to the image, 8 x 256^2
+  ddim   one DDIM step of t2i (CFG batch of 8, 4 views at 256x256), full pipeline
+  text   text encoder on 2 prompts (incl. tokenisation)
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TORCH_TIMINGS = REPO.parent / "shared" / "parity" / "torch_cpu_timings.json"
+TORCH_CASE = {"unet": "unet_fwd_b8_nf4_32x32", "vae": "vae_enc_fwd_bwd_b8_256", "text": "text_fwd_2prompts",
+              "ddim": "unet_fwd_b8_nf4_32x32"}
+
+
+def _peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def _timed(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _model_config():
+    from omegaconf import OmegaConf
+    from mvdream.model_zoo import get_config_file
+    return OmegaConf.load(get_config_file("sd-v2-base.yaml")).model.params
+
+
+def run_case(case, dtype_name, repeats):
+    """Runs inside the child process; returns a result dict."""
+    import numpy as np
+    import mindspore as ms
+    from mindspore import Tensor
+    from mvdream.ldm.util import instantiate_from_config
+    from mvdream.model_zoo import build_model
+
+    dtype = ms.float16 if dtype_name == "fp16" else ms.float32
+    rng = np.random.default_rng(0)
+    result = {"case": case, "dtype": dtype_name}
+    start = time.perf_counter()
+    if case == "build":
+        model = build_model("sd-v2.1-base-4view", pretrained=False)
+        if dtype is ms.float16:
+            model.set_dtype(dtype, cast_weights=True)
+        result["seconds"] = [time.perf_counter() - start]
+    elif case == "unet":
+        unet = instantiate_from_config(_model_config().unet_config)
+        unet.dtype = dtype
+        unet.set_train(False)
+        from mvdream.camera_utils import get_camera
+        x = Tensor(rng.standard_normal((8, 4, 32, 32)).astype(np.float32))
+        t = Tensor(np.full((8,), 500, np.int64))
+        context = Tensor(rng.standard_normal((8, 77, 1024)).astype(np.float32))
+        camera = ms.ops.tile(get_camera(4), (2, 1))
+        result["seconds"] = _timed(lambda: unet(x, t, context=context, camera=camera, num_frames=4).asnumpy(),
+                                   repeats)
+    elif case == "vae":
+        vae = instantiate_from_config(_model_config().first_stage_config)
+        vae.set_train(False)
+        image = Tensor(rng.uniform(-1, 1, (8, 3, 256, 256)).astype(np.float32))
+        noise = Tensor(rng.standard_normal((8, 4, 32, 32)).astype(np.float32))
+
+        def encode(img):
+            z = 0.18215 * vae.encode(img.astype(dtype)).sample(noise=noise.astype(dtype))
+            return z.astype(ms.float32).sum()
+        grad_fn = ms.grad(encode)
+        result["seconds"] = _timed(lambda: grad_fn(image).asnumpy(), repeats)
+    elif case == "text":
+        text = instantiate_from_config(_model_config().cond_stage_config)
+        text.dtype = dtype
+        result["seconds"] = _timed(lambda: text.encode(["an astronaut riding a horse, 3d asset", ""]).asnumpy(),
+                                   repeats)
+    elif case == "ddim":
+        from mvdream.camera_utils import get_camera
+        from mvdream.ldm.models.diffusion.ddim import DDIMSampler
+        model = build_model("sd-v2.1-base-4view", pretrained=False)
+        model.set_dtype(dtype)
+        model.set_train(False)
+        sampler = DDIMSampler(model)
+        camera = get_camera(4, elevation=15, azimuth_start=90)
+        c = model.get_learned_conditioning(["an astronaut riding a horse, 3d asset"] * 4)
+        uc = model.get_learned_conditioning([""] * 4)
+        cond = {"context": c, "camera": camera, "num_frames": 4}
+        uncond = {"context": uc, "camera": camera, "num_frames": 4}
+        sampler.make_schedule(50)
+        x = Tensor(rng.standard_normal((4, 4, 32, 32)).astype(np.float32))
+        t = Tensor(np.full((4,), int(sampler.ddim_timesteps[-1]), np.int64))
+        result["seconds"] = _timed(
+            lambda: sampler.p_sample_ddim(x, cond, t, 49, 10.0, uncond)[0].asnumpy(), repeats)
+    else:
+        raise ValueError(f"unknown case {case}")
+    result["median_s"] = statistics.median(result["seconds"])
+    result["peak_rss_gb"] = _peak_rss_gb()
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=["build", "unet", "vae", "ddim", "text"])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16"])
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up")
+    parser.add_argument("--threads", type=int, default=None, help="CPU kernel threads (default: all cores)")
+    parser.add_argument("--device_target", default="CPU")
+    parser.add_argument("--_child", nargs=2, metavar=("CASE", "DTYPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args._child:
+        from mvdream.runtime import setup_runtime
+        setup_runtime(args.device_target, args.threads)
+        print(json.dumps(run_case(args._child[0], args._child[1], args.repeats)))
+        return
+
+    torch_times = {}
+    if TORCH_TIMINGS.is_file():
+        for run in json.loads(TORCH_TIMINGS.read_text())["runs"]:
+            for name, value in run["results"].items():
+                torch_times.setdefault(name, {})[run["tag"]] = value["median_s"]
+    print(f"{'case':6} {'dtype':5} {'median s':>9} {'runs':>22} {'peak RSS GB':>11} {'torch s (2thr)':>14} {'ratio':>6}")
+    for case in args.cases:
+        for dtype in args.dtypes:
+            cmd = [sys.executable, __file__, "--_child", case, dtype, "--repeats", str(args.repeats),
+                   "--device_target", args.device_target]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            env = dict(os.environ, MS_DEV_HOST_BLOCKING_RUN="1", GLOG_v="3")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            if proc.returncode or not lines:
+                print(f"{case:6} {dtype:5} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
+                continue
+            res = json.loads(lines[-1])
+            ref = torch_times.get(TORCH_CASE.get(case, ""), {}).get("threads2_default_omp")
+            ratio = f"{res['median_s'] / ref:6.2f}" if ref and case != "build" else "     -"
+            runs = ",".join(f"{s:.1f}" for s in res["seconds"])
+            print(f"{case:6} {dtype:5} {res['median_s']:9.2f} {runs:>22} {res['peak_rss_gb']:11.2f} "
+                  f"{(f'{ref:.1f}' if ref else '-'):>14} {ratio}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
