@@ -176,6 +176,8 @@ def test_half_precision_runs_close(parity_dir, golden):
     result = sds_call(guidance, golden, Tensor(golden["latents"]), input_is_latent=True,
                       noise=Tensor(golden["noise"]))
     assert result["loss_sds"].dtype == ms.float32
+    guidance.set_half_precision(False)  # the system's hook (trainer precision)
+    assert guidance.model.compute_dtype == ms.float32
     err = abs(float(result["loss_sds"].asnumpy()) - float(golden["recon_loss"])) / float(golden["recon_loss"])
     print(f"fp16 recon_loss rel err {err:.2e}")
     assert err < 2e-2
@@ -183,7 +185,8 @@ def test_half_precision_runs_close(parity_dir, golden):
 
 def test_bench_tool_runs_on_the_tiny_config():
     import bench_guidance  # tools/ is on sys.path (conftest)
-    guidance, _ = bench_guidance.build_guidance(tiny=True, fp16=False)
+    guidance, _ = bench_guidance.build_guidance(tiny=True, fp16=False)  # mvdream-tiny.yaml's guidance settings
+    assert guidance.text_encoder_key is None  # random weights: embeddings are not cached
     result = bench_guidance.bench(guidance, size=8, batch=4, iters=1, warmup=0)
     assert set(result) == {"total_s", "vae_encode_s", "unet_s", "other_forward_s", "backward_s"}
     assert all(v >= 0 for v in result.values()) and result["unet_s"] < result["total_s"]

@@ -34,7 +34,6 @@ from mindspore import Parameter, Tensor, ops  # noqa: E402
 
 import threestudio  # noqa: E402
 from mvdream.camera_utils import get_camera  # noqa: E402
-from mvdream.model_zoo import get_config_file  # noqa: E402
 
 
 def _sync():
@@ -62,7 +61,7 @@ class Timer:
 def build_guidance(tiny, fp16):
     cfg = {"pretrained": False, "half_precision_weights": fp16, "seed": 0}
     if tiny:
-        cfg.update(config_path=str(get_config_file("tiny.yaml")), image_size=16)
+        cfg.update(model_name=None, config_path="tiny.yaml", image_size=16)  # a config shipped with mvdream
     start = time.perf_counter()
     guidance = threestudio.find("multiview-diffusion-guidance")(cfg)
     return guidance, time.perf_counter() - start

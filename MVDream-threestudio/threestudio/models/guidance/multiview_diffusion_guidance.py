@@ -37,6 +37,7 @@ from mindspore import Tensor, ops
 import threestudio
 from mvdream import model_zoo
 from mvdream.camera_utils import normalize_camera
+from threestudio.models.prompt_processors.base import set_default_text_encoder
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import ConfigError
 from threestudio.utils.misc import C
@@ -94,7 +95,7 @@ def _group_std(x: Tensor, n_view: int) -> Tensor:
 class MultiviewDiffusionGuidance(BaseModule):
     @dataclass
     class Config(BaseModule.Config):
-        model_name: str = "sd-v2.1-base-4view"  # a key of mvdream.model_zoo.PRETRAINED_MODELS
+        model_name: Optional[str] = "sd-v2.1-base-4view"  # a key of mvdream.model_zoo.PRETRAINED_MODELS
         ckpt_path: Optional[str] = None  # local checkpoint; None: Hugging Face cache / download
         guidance_scale: float = 50.0
         grad_clip: Optional[Any] = None  # plain-SDS branch only; may be scheduled
@@ -112,7 +113,7 @@ class MultiviewDiffusionGuidance(BaseModule):
         recon_std_rescale: float = 0.5
 
         # Port additions.
-        config_path: Optional[str] = None  # model YAML instead of the named model's config
+        config_path: Optional[str] = None  # model YAML (a path, or a config shipped with mvdream, e.g. tiny.yaml)
         pretrained: bool = True  # False: random weights, nothing downloaded (smoke runs)
         seed: Optional[int] = None  # seed of the guidance's own random draws
 
@@ -127,14 +128,21 @@ class MultiviewDiffusionGuidance(BaseModule):
         for param in model.get_parameters():
             param.requires_grad = False
         model.set_train(False)
-        if self.cfg.half_precision_weights or str(precision).startswith("16"):
-            model.set_dtype(ms.float16)
         self._frozen = _FrozenModel(model)
+        self.set_half_precision(self.cfg.half_precision_weights or str(precision).startswith("16"))
+        # Prompt processors built after this guidance (without an explicit text_encoder) use its text tower.
+        set_default_text_encoder(self.encode_text, self.text_encoder_key)
 
         self.num_train_timesteps = int(model.num_timesteps)
         self.grad_clip_val: Optional[float] = None
         self._rng = np.random.default_rng(self.cfg.seed)
         self.update_step(0, 0)
+
+    def _config_path(self) -> Optional[str]:
+        path = self.cfg.config_path
+        if path and not os.path.isfile(path):
+            path = str(model_zoo.get_config_file(path))  # a shipped config name, else FileNotFoundError
+        return path
 
     def _build_model(self):
         cfg = self.cfg
@@ -151,10 +159,19 @@ class MultiviewDiffusionGuidance(BaseModule):
                 raise model_zoo.ModelNotAvailableError(
                     f"{reason}; download it from https://huggingface.co/{info['repo_id']} and set "
                     f"{CKPT_OPTION}=/path/to/{info['filename']}") from None
-        return model_zoo.build_model(model_name, ckpt_path=ckpt_path, config_path=cfg.config_path,
+        return model_zoo.build_model(model_name, ckpt_path=ckpt_path, config_path=self._config_path(),
                                      pretrained=cfg.pretrained)
 
     # ------------------------------------------------------------------ access
+    def set_half_precision(self, enabled: bool) -> None:
+        """fp16 compute in UNet, VAE and text encoder (parameters, norms, I/O stay fp32)."""
+        self.model.set_dtype(ms.float16 if enabled else ms.float32)
+
+    def heavy_cells(self):
+        """Cells worth recomputing in the backward pass: only the VAE encoder is differentiated
+        (the UNet runs without an autodiff tape)."""
+        return [self.model.first_stage_model.encoder]
+
     @property
     def model(self):
         """The frozen LatentDiffusionInterface (not a child cell, see module docstring)."""
@@ -172,9 +189,9 @@ class MultiviewDiffusionGuidance(BaseModule):
         cfg = self.cfg
         if not cfg.pretrained:
             return None
-        parts = [cfg.model_name]
+        parts = [str(cfg.model_name)]
         if cfg.config_path:
-            with open(cfg.config_path, "rb") as f:
+            with open(self._config_path(), "rb") as f:
                 parts.append(hashlib.sha256(f.read()).hexdigest()[:16])
         if cfg.ckpt_path:
             parts += [os.path.basename(cfg.ckpt_path), str(os.path.getsize(cfg.ckpt_path))]

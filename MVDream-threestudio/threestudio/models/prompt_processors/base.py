@@ -5,13 +5,17 @@ Differences from threestudio, all forced by having no Hugging Face/torch here:
   * the text encoder is a callable handed in by the system (``text_encoder``: list of
     prompts -> [N, 77, C] embeddings, e.g. the guidance's ``encode_text``, i.e. the
     diffusion checkpoint's own text tower) together with ``cache_key`` identifying its
-    weights; ``pretrained_model_name_or_path`` and ``spawn`` are accepted and unused;
+    weights; by default, that of the last configured guidance (which registers itself
+    with ``set_default_text_encoder``); ``pretrained_model_name_or_path`` and ``spawn``
+    are accepted and unused;
   * the disk cache holds ``<cache_dir>/<sha256(cache_key-prompt)>.npy`` files;
     ``cache_key=None`` (random weights) keeps the embeddings in memory only;
   * prompt debiasing (needs a BERT model) is not available.
 """
+import inspect
 import json
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -24,6 +28,27 @@ from threestudio.utils.base import BaseObject
 from threestudio.utils.config import ConfigError
 
 DEFAULT_CACHE_DIR = ".threestudio_cache/text_embeddings"
+
+# (weak reference to the encoder, cache key) of the last configured guidance, used by a
+# processor constructed without ``text_encoder`` (as threestudio systems construct it).
+_default_encoder = (None, None)
+
+
+def set_default_text_encoder(encoder: Optional[Callable], cache_key: Optional[str] = None) -> None:
+    """Register ``encoder`` (a bound method: held weakly, so the model can be freed) as the
+    text encoder of prompt processors that are not given one; None clears it."""
+    global _default_encoder
+    if encoder is None:
+        _default_encoder = (None, None)
+    else:
+        ref = weakref.WeakMethod(encoder) if inspect.ismethod(encoder) else (lambda: encoder)
+        _default_encoder = (ref, cache_key)
+
+
+def get_default_text_encoder() -> Tuple[Optional[Callable], Optional[str]]:
+    ref, key = _default_encoder
+    encoder = ref() if ref is not None else None
+    return (encoder, key) if encoder is not None else (None, None)
 
 
 def hash_prompt(model_key: str, prompt: str) -> str:
@@ -186,10 +211,13 @@ class PromptProcessor(BaseObject):
 
     def configure(self, text_encoder: Optional[Callable] = None, cache_key: Optional[str] = None) -> None:
         """``text_encoder``: list of prompts -> [N, 77, C] embeddings (Tensor or array);
-        ``cache_key``: identifies the encoder's weights in the disk cache (None: no cache)."""
+        ``cache_key``: identifies the encoder's weights in the disk cache (None: no cache).
+        Without ``text_encoder``, the last configured guidance's (``set_default_text_encoder``)."""
         cfg = self.cfg
         if cfg.use_prompt_debiasing:
             raise ConfigError("use_prompt_debiasing is not supported in this port (it needs a BERT model)")
+        if text_encoder is None:
+            text_encoder, cache_key = get_default_text_encoder()
         self.text_encoder, self.cache_key = text_encoder, cache_key
         self.encoder_calls = 0
         self.directions = make_directions(cfg)
