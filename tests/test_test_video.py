@@ -80,3 +80,20 @@ def test_gif_and_odd_sizes(trained):
     mp4 = imageio.mimread(save / "it1-test.mp4")
     assert len(mp4) == 4 and mp4[0].shape == (16, 52, 3)  # even size for yuv420p, edge-padded
     assert not list(save.glob(".*tmp*"))
+
+
+def test_export_of_a_launch_checkpoint(trained, capsys):
+    """extract_color_mesh.py on a checkpoint written by launch.py (config found next to it)."""
+    import extract_color_mesh
+    import trimesh
+
+    root, _, ckpt = trained
+    code = extract_color_mesh.main([str(ckpt), "--resolution", "24", "--no_progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    # the untrained blob peaks near softplus(10) ~ 10, below implicit-volume's default 25
+    assert code == 1 and "empty surface at threshold 25" in err[-1] and "'auto'" in err[-1]
+    code = extract_color_mesh.main([str(ckpt), "--resolution", "24", "--threshold", "auto", "--no_progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "auto threshold:" in out
+    mesh = trimesh.load(ckpt.parents[1] / "save" / "it1-export" / "model.obj", process=False, force="mesh")
+    assert mesh.is_watertight and mesh.visual.kind == "vertex" and len(mesh.faces) > 100
