@@ -1,1 +1,1 @@
-
+from . import multiview_diffusion_guidance  # noqa: F401
