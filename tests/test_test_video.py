@@ -19,7 +19,7 @@ COMMON = ["system.prompt_processor.prompt=a ball", "exp_root_dir=outputs", "data
 def trained(tmp_path_factory):
     """(workdir, config, checkpoint) of one training step with the finite-difference normals."""
     root = tmp_path_factory.mktemp("video")
-    config = root / "tiny.yaml"
+    config = root / "run-config.yaml"  # not tiny.yaml: the guidance would take a ./tiny.yaml as its model config
     system_stubs.stub_config(TINY, config, force=False)  # only what is not registered yet
     import os
 
