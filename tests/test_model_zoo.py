@@ -200,3 +200,21 @@ def test_build_model_tiny_full_stack(parity_dir):
     cond = {"context": Tensor(unet["context"]), "camera": Tensor(unet["camera"]), "num_frames": int(unet["num_frames"])}
     eps = ldi.apply_model(Tensor(unet["x"]), Tensor(unet["timesteps"]), cond).asnumpy()
     assert np.abs(eps - unet["eps"]).max() / np.abs(unet["eps"]).max() <= 1e-5
+
+
+def test_build_model_in_float16(parity_dir):
+    """weights_dtype=float16 stores the network weights in fp16 (schedule stays fp32) and the
+    multiview UNet still predicts the golden noise to fp16 accuracy."""
+    import mindspore as ms
+
+    ldi = build_model(None, ckpt_path=parity_dir / "tiny_mvdream.pt", config_path=parity_dir / "tiny_mvdream.yaml",
+                      weights_dtype=ms.float16)
+    params = dict(ldi.parameters_and_names())
+    assert params["model.diffusion_model.input_blocks.0.0.weight"].dtype == ms.float16
+    assert params["first_stage_model.encoder.conv_in.weight"].dtype == ms.float16
+    assert params["alphas_cumprod"].dtype == ms.float32
+    unet = np.load(parity_dir / "unet_tiny.npz")
+    cond = {"context": Tensor(unet["context"]), "camera": Tensor(unet["camera"]), "num_frames": 4}
+    eps = ldi.apply_model(Tensor(unet["x"]), Tensor(unet["timesteps"]), cond)
+    assert eps.dtype == ms.float32
+    assert np.abs(eps.asnumpy() - unet["eps"]).max() / np.abs(unet["eps"]).max() < 1e-2

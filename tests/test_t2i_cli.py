@@ -70,3 +70,13 @@ def test_t2i_unknown_model_name(tmp_path):
     proc = _run("--model_name", "sd-v9-8view", "--output", tmp_path / "x.png")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "sd-v2.1-base-4view" in proc.stderr  # lists the valid names
+
+
+def test_t2i_fp16_runs_and_stays_close_to_fp32(tmp_path, tiny_args):
+    args = list(tiny_args) + ["--n_samples", 1]  # the last --n_samples wins
+    assert _run(*args, "--output", tmp_path / "fp32.png").returncode == 0
+    proc = _run(*args, "--fp16", "--output", tmp_path / "fp16.png")
+    assert proc.returncode == 0, proc.stderr
+    a = np.asarray(Image.open(tmp_path / "fp32.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "fp16.png")).astype(int)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 3.0

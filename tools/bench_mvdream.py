@@ -5,7 +5,7 @@
 
 Each case runs in its own process so that its peak resident memory is its own.
 Cases (the same work as ../shared/parity/torch_cpu_timings.json where one exists):
-  build  build the whole model (UNet + VAE + text) and report seconds and peak RSS
+  build  build the whole model (UNet + VAE + text; fp16: weights stored in fp16), seconds and peak RSS
   unet   UNet forward, batch 8 = 4 views x CFG 2, 32x32 latents (256 px)
   vae    VAE encode (posterior sample x 0.18215) + backward to the image, 8 x 256^2
   ddim   one DDIM step of t2i (CFG batch of 8, 4 views at 256x256), full pipeline
@@ -60,9 +60,8 @@ def run_case(case, dtype_name, repeats):
     result = {"case": case, "dtype": dtype_name}
     start = time.perf_counter()
     if case == "build":
-        model = build_model("sd-v2.1-base-4view", pretrained=False)
-        if dtype is ms.float16:
-            model.set_dtype(dtype, cast_weights=True)
+        model = build_model("sd-v2.1-base-4view", pretrained=False,
+                            weights_dtype=dtype if dtype is ms.float16 else None)
         result["seconds"] = [time.perf_counter() - start]
     elif case == "unet":
         unet = instantiate_from_config(_model_config().unet_config)
@@ -94,8 +93,8 @@ def run_case(case, dtype_name, repeats):
     elif case == "ddim":
         from mvdream.camera_utils import get_camera
         from mvdream.ldm.models.diffusion.ddim import DDIMSampler
-        model = build_model("sd-v2.1-base-4view", pretrained=False)
-        model.set_dtype(dtype)
+        model = build_model("sd-v2.1-base-4view", pretrained=False,
+                            weights_dtype=dtype if dtype is ms.float16 else None)
         model.set_train(False)
         sampler = DDIMSampler(model)
         camera = get_camera(4, elevation=15, azimuth_start=90)

@@ -3,6 +3,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
+from mindspore.nn.utils import no_init_parameters
 from omegaconf import OmegaConf
 
 from .checkpoint import CheckpointError, load_checkpoint_file
@@ -80,7 +81,7 @@ def load_model_config(model_name=None, config_path=None):
 
 
 def build_model(model_name, ckpt_path=None, cache_dir=None, config_path=None, progress=False,
-                pretrained=True):
+                pretrained=True, weights_dtype=None):
     """Instantiate a model from its config and load its checkpoint strictly.
 
     ``model_name``: a key of ``PRETRAINED_MODELS`` (may be None when both
@@ -88,17 +89,27 @@ def build_model(model_name, ckpt_path=None, cache_dir=None, config_path=None, pr
     ``.pt``/``.pth``/``.ckpt``/``.safetensors`` file; when None the released file
     is taken from (or downloaded into) the Hugging Face cache.
     ``pretrained=False`` keeps the random initialisation (tests, tiny smoke runs).
+    ``weights_dtype`` (e.g. ``mindspore.float16``) stores the network weights and runs
+    the networks in that dtype; every weight is materialised once, directly in it.
     """
     info = _check_model_name(model_name) if model_name is not None or config_path is None else None
-    if not pretrained:
-        return instantiate_from_config(load_model_config(model_name, config_path))
-    if not ckpt_path:
-        if info is None:
-            raise ValueError("build_model: with a custom config_path, pass ckpt_path as well")
-        ckpt_path = download_checkpoint(info["repo_id"], info["filename"], cache_dir=cache_dir)
+    state_dict = None
+    if pretrained:
+        if not ckpt_path:
+            if info is None:
+                raise ValueError("build_model: with a custom config_path, pass ckpt_path as well")
+            ckpt_path = download_checkpoint(info["repo_id"], info["filename"], cache_dir=cache_dir)
+        # Read (and validate) the weights before the slow model construction.
+        state_dict = load_checkpoint_file(ckpt_path, progress=progress)
     config = load_model_config(model_name, config_path)
-    # Read (and validate) the weights before the slow model construction.
-    state_dict = load_checkpoint_file(ckpt_path, progress=progress)
-    model = instantiate_from_config(config)
-    model.load_state_dict(state_dict, strict=True, source=str(ckpt_path))
+    # Build without initialising, so parameters are allocated once: in their final dtype,
+    # and not at all for random init when a checkpoint overwrites them anyway.
+    with no_init_parameters():
+        model = instantiate_from_config(config)
+    if weights_dtype is not None:
+        model.set_dtype(weights_dtype, cast_weights=True)
+    if state_dict is None:
+        model.init_parameters_data()
+    else:
+        model.load_state_dict(state_dict, strict=True, source=str(ckpt_path))
     return model

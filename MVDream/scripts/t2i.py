@@ -100,9 +100,7 @@ def main(argv=None):
     if args.size <= 0 or args.size % factor:
         raise UsageError(f"--size must be a positive multiple of {factor} for this model, got {args.size}")
     model = build_model(args.model_name, ckpt_path=args.ckpt_path, cache_dir=args.cache_dir,
-                        config_path=args.config_path)
-    if args.fp16:
-        model.set_dtype(ms.float16)
+                        config_path=args.config_path, weights_dtype=ms.float16 if args.fp16 else None)
     model.set_train(False)
 
     sampler = DDIMSampler(model)
