@@ -48,3 +48,17 @@ def test_recompute_step_is_the_same_step(tmp_path, fp32_step):
     assert np.isfinite(loss) and loss == pytest.approx(ref_loss, rel=1e-6)
     for name, value in ref_state.items():
         np.testing.assert_allclose(state[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_bench_train_tiny(capsys):
+    """tools/bench_train.py end to end on the tiny config: both stages, a consistent split."""
+    import bench_train  # tools/ is on sys.path (conftest)
+
+    rows = bench_train.main(["--tiny", "--iters", "1", "--warmup", "0", "--precision", "fp32"])
+    assert [(r["render"], r["batch"]) for r in rows] == [("8x8", 8), ("16x16", 4)]
+    for r in rows:
+        parts = [r[k] for k in ("render_s", "vae_encode_s", "unet_s", "other_forward_s", "backward_s", "optimizer_s")]
+        assert min(parts) >= 0 and r["render_s"] > 0 and r["unet_s"] > 0
+        assert sum(parts) == pytest.approx(r["total_s"], abs=0.01)
+        assert r["samples_per_ray"] > 0 and r["peak_rss_gb"] > 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
