@@ -9,6 +9,8 @@ MVDream's two-stage recipe (configs/mvdream-sd21.yaml):
       system.prompt_processor.prompt="an astronaut riding a horse" system.use_recompute=true
   # render the test orbit (frames + mp4) of a checkpoint
   python launch.py --test resume=outputs/<name>/<trial>/ckpts/last.ckpt system.prompt_processor.prompt="..."
+  # export a vertex-coloured mesh (save/it<N>-export/model.obj; see also extract_color_mesh.py)
+  python launch.py --export resume=outputs/<name>/<trial>/ckpts/last.ckpt system.prompt_processor.prompt="..."
 
 Run both stages in one process with trainer.stop_at_milestone=false.
 """
@@ -59,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="train (stops at the next resolution milestone)")
     mode.add_argument("--test", action="store_true", help="render the test views of resume=CKPT (frames + mp4)")
-    mode.add_argument("--export", action="store_true", help="export a mesh from resume=CKPT (not implemented yet)")
+    mode.add_argument("--export", action="store_true",
+                      help="export a vertex-coloured mesh of resume=CKPT (geometry.isosurface_* and "
+                           "system.exporter.fmt/save_name; y-up)")
     parser.add_argument("--train_highres", action="store_true",
                         help="with --train and resume=CKPT: continue to trainer.max_steps (high-resolution stage)")
     parser.add_argument("--gif", action="store_true", help="with --test (or after training): also write a gif")
@@ -114,13 +118,13 @@ def run(args, extras, logger) -> int:
         raise UsageError(f"--{'test' if args.test else 'export'} needs a checkpoint: resume=path/to/ckpts/last.ckpt")
     if args.train and trainer_cfg.max_steps < 0:
         raise UsageError("set trainer.max_steps")
-    if args.export:
-        raise NotImplementedYet("--export is not implemented yet")
 
     import mindspore as ms
 
     ms.set_context(mode=ms.PYNATIVE_MODE, device_target=args.device_target)
     seed_everything(cfg.seed)
+    if args.export:
+        return run_export(cfg, raw, resolved, logger)
 
     import threestudio
     from threestudio.utils.checkpoint import load_checkpoint
@@ -130,7 +134,7 @@ def run(args, extras, logger) -> int:
     dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed)
     dm.setup()
     system = threestudio.find(cfg.system_type)(cfg.system, resumed=ckpt is not None,
-                                               precision=trainer_cfg.precision)
+                                               precision=trainer_cfg.precision, eval_only=args.test)
     trainer = Trainer(trainer_cfg, ckpt_cfg)
     start_step = 0
     if args.train:
@@ -172,6 +176,36 @@ def run(args, extras, logger) -> int:
     return 0
 
 
+def run_export(cfg, raw, resolved, logger) -> int:
+    """--export: mesh of the checkpoint's geometry (the guidance is never built). Everything
+    that can fail runs before the trial directory is created."""
+    import threestudio  # noqa: F401 - registers the modules
+    from threestudio.utils import mesh_export as mx
+    from threestudio.utils.config import parse_structured
+    from threestudio.utils.experiment import dump_configs, make_trial_dir
+
+    fields = mx.load_trained_fields(cfg.resume, cfg.system_type, cfg.system)
+    exporter = parse_structured(mx.MeshExporterConfig, fields.system_cfg.exporter)
+    ext = exporter.extension
+    if fields.system_cfg.exporter_type != "mesh-exporter":
+        raise UsageError(f"system.exporter_type '{fields.system_cfg.exporter_type}' is not supported: use mesh-exporter")
+    gcfg = fields.geometry.cfg
+    if gcfg.isosurface_coarse_to_fine or gcfg.isosurface_method != "mt":
+        logger.debug("export: isosurface_method mt on one grid (no coarse-to-fine pass)")
+    min_faces = gcfg.isosurface_outlier_n_faces_threshold if gcfg.isosurface_remove_outliers else 0
+    mesh, threshold = mx.extract_color_mesh(fields.geometry, fields.material, gcfg.isosurface_resolution,
+                                            None, gcfg.isosurface_chunk or mx.DEFAULT_CHUNK,
+                                            min_component_faces=min_faces, progress=True)
+    trial_dir = make_trial_dir(cfg)
+    dump_configs(trial_dir, raw, resolved, cfg)
+    add_log_file(logger, os.path.join(trial_dir, "log.txt"))
+    output = mx.default_output(trial_dir, fields.global_step, exporter.save_name, ext)
+    mx.write_mesh(mx.to_y_up(mesh), output)
+    logger.info("mesh: %d vertices, %d faces (threshold %.6g, resolution %d) -> %s (y-up)",
+                len(mesh.vertices), len(mesh.faces), threshold, gcfg.isosurface_resolution, output)
+    return 0
+
+
 class UsageError(ValueError):
     """Wrong combination of command-line flags."""
 
@@ -185,12 +219,13 @@ def known_errors():
 
     from threestudio.utils.checkpoint import CheckpointError
     from threestudio.utils.config import ConfigError
+    from threestudio.utils.mesh_export import MeshExportError
 
     try:
         from mvdream.checkpoint import CheckpointError as ModelCheckpointError
     except ImportError:  # pragma: no cover
         ModelCheckpointError = CheckpointError
-    return (UsageError, NotImplementedYet, ConfigError, CheckpointError, ModelCheckpointError,
+    return (UsageError, NotImplementedYet, ConfigError, MeshExportError, CheckpointError, ModelCheckpointError,
             OmegaConfBaseException, FileNotFoundError, KeyError)
 
 

@@ -49,7 +49,8 @@ def test_bad_flags_and_files(workdir, capsys):
         capsys, ["--config", config, "--train", "--train_highres", PROMPT])
     assert "config file not found: nope.yaml" in _error_line(capsys, ["--config", "nope.yaml", "--train", PROMPT])
     assert "--test needs a checkpoint" in _error_line(capsys, ["--config", config, "--test", PROMPT])
-    assert "not implemented yet" in _error_line(capsys, ["--config", config, "--export", "resume=x.ckpt", PROMPT])
+    assert "checkpoint not found: x.ckpt" in _error_line(capsys, ["--config", config, "--export", "resume=x.ckpt", PROMPT])
+    assert "--export needs a checkpoint" in _error_line(capsys, ["--config", config, "--export", PROMPT])
     (workdir / "corrupt.ckpt").write_bytes(os.urandom(256))
     assert "corrupt.ckpt is not a readable MindSpore checkpoint" in _error_line(
         capsys, ["--config", config, "--test", "resume=corrupt.ckpt", PROMPT])

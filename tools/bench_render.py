@@ -1,122 +1,75 @@
-"""Benchmark the nerf-volume-renderer (occupancy grid + packed compositing), forward+backward.
+"""Benchmark a training render of MVDream's NeRF (forward + backward), per hash grid backend.
 
-    PYTHONPATH=MVDream-threestudio python tools/bench_render.py [--geometry auto|builtin] [--iters 3]
+    python tools/bench_render.py [--config MVDream-threestudio/configs/mvdream-sd21.yaml]
+                                 [--backend all|cpp|ops] [--iters 3]
 
-Default renderer config (512 samples per ray, 32^3 grid, alpha pruning). The grid is warmed
-with a few updates on the geometry's density. Uses ``threestudio.find("implicit-volume")``
-(MVDream's blob-initialised config) when it is registered, else a built-in blob field.
-Reports per setting: seconds per forward+backward, time in the NumPy sampler, mean samples
-per ray (marched / in occupied cells / kept), rays/s, samples/s and the process peak RSS.
+Builds geometry, material, background and renderer exactly as ``system.*`` in the config says
+(default: implicit-volume with the 16-level 2^19 hash grid, no-material,
+neural-environment-map-background, nerf-volume-renderer with 512 samples per ray) and renders
+one training batch of the config's camera datamodule for each resolution stage (64x64 x 8 views,
+256x256 x 4 views), after warming the occupancy grid up on the initial density blob.
+Prints per stage: seconds per forward+backward, time in the NumPy sampler, mean samples per ray
+(marched / in occupied cells / kept after alpha and transmittance pruning), rays/s, kept
+samples/s and the peak RSS. With ``--backend all`` every available backend runs in its own
+process, so that each peak RSS is its own.
+
+Memory: the training render keeps every sample's activations for the backward pass, about
+2 KB per kept sample with the C++ grid (~8 KB with the pure-ops grid). The initial blob keeps
+~35-40 samples per ray, so the 256x256 x 4 stage (~10M samples) needs ~20 GB; on a small
+machine use e.g. ``--views 8,1`` (one 256x256 view) and scale.
 """
 import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
 os.environ.setdefault("GLOG_v", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MVDream-threestudio"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "MVDream-threestudio"))
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
-from mindspore import Parameter, Tensor, nn, ops  # noqa: E402
 
 import threestudio  # noqa: E402
+from threestudio.models import hashgrid  # noqa: E402
+from threestudio.utils.config import load_config  # noqa: E402
 
-# MVDream-threestudio's geometry settings (configs/mvdream-sd21.yaml), used when available
-IMPLICIT_VOLUME_CFG = {
-    "radius": 1.0,
-    "normal_type": "analytic",
-    "density_bias": "blob_magic3d",
-    "density_activation": "softplus",
-    "density_blob_scale": 10.0,
-    "density_blob_std": 0.5,
-}
+DEFAULT_CONFIG = ROOT / "MVDream-threestudio" / "configs" / "mvdream-sd21.yaml"
 
 
-class BlobField(nn.Cell):
-    """Built-in stand-in geometry: MVDream's blob density plus a learnable sinusoidal term.
-
-    density = softplus(10 * (1 - |x| / 0.5) + a . sin(B x)), features = W x + b.
-    Cheap per point, so the numbers isolate the renderer's own cost.
-    """
-
-    def __init__(self, n_freq=8, n_feat=3):
-        super().__init__()
-        rng = np.random.default_rng(0)
-        self.cfg = SimpleNamespace(radius=1.0)
-        self.bbox = Tensor(np.array([[-1.0] * 3, [1.0] * 3], np.float32))
-        self.freqs = Tensor(rng.normal(0, 4, (3, n_freq)).astype(np.float32))
-        self.amp = Parameter(Tensor(rng.normal(0, 0.3, n_freq).astype(np.float32)), name="amp")
-        self.w = Parameter(Tensor(rng.normal(0, 0.5, (3, n_feat)).astype(np.float32)), name="w")
-        self.b = Parameter(Tensor(np.zeros(n_feat, np.float32)), name="b")
-
-    def forward_density(self, points):
-        blob = 10.0 * (1.0 - ops.norm(points, dim=-1, keepdim=True) / 0.5)
-        raw = blob + (ops.sin(ops.matmul(points, self.freqs)) * self.amp).sum(-1, keepdims=True)
-        return ops.softplus(raw)
-
-    def construct(self, points, output_normal=False):
-        if output_normal:
-            raise NotImplementedError("built-in field has no normals")
-        return {"density": self.forward_density(points), "features": ops.matmul(points, self.w) + self.b}
+def build_scene(cfg, backend: str):
+    s = cfg.system
+    geometry = threestudio.find(s.geometry_type)(s.geometry)
+    geometry.encoding.encoding.set_implementation(backend)
+    material = threestudio.find(s.material_type)(s.material)
+    background = threestudio.find(s.background_type)(s.background)
+    renderer = threestudio.find(s.renderer_type)(s.renderer, geometry, material, background)
+    for cell in (renderer, geometry, material, background):
+        cell.set_train(True)
+    return renderer, geometry.trainable_params() + material.trainable_params() + background.trainable_params()
 
 
-class SigmoidMaterial(nn.Cell):
-    requires_normal = False
-
-    def construct(self, features, **kwargs):
-        return ops.sigmoid(features)
-
-
-class ConstantBackground(nn.Cell):
-    def __init__(self):
-        super().__init__()
-        self.color = Parameter(Tensor(np.array([0.5, 0.5, 0.5], np.float32)), name="color")
-
-    def construct(self, dirs):
-        return ops.zeros_like(dirs) + self.color
+def training_batches(cfg, views=None):
+    """One batch per resolution stage of the camera datamodule (as the trainer would draw it),
+    optionally cut to its first ``views[i]`` views."""
+    dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed)
+    dm.setup()
+    steps = [0] + list(cfg.data.get("resolution_milestones", []))
+    batches = [dm.train_dataset.collate_next(step) for step in steps]
+    if views:
+        batches = [{k: b[k][:n] for k in ("rays_o", "rays_d", "light_positions")}
+                   for b, n in zip(batches, views) if n > 0]
+    return batches
 
 
-def build_scene(which: str):
-    if which in ("auto", "implicit-volume"):
-        try:
-            geometry = threestudio.find("implicit-volume")(IMPLICIT_VOLUME_CFG)
-            try:
-                material = threestudio.find("no-material")({"n_output_dims": 3, "color_activation": "sigmoid"})
-            except KeyError:
-                material = SigmoidMaterial()
-            return "implicit-volume (threestudio, MVDream config)", geometry, material, ConstantBackground()
-        except KeyError:
-            if which == "implicit-volume":
-                raise
-    return "built-in blob field (implicit-volume not registered)", BlobField(), SigmoidMaterial(), ConstantBackground()
-
-
-def orbit_rays(n_views, size, distance=2.5, fov_deg=40.0):
-    focal = 0.5 * size / np.tan(np.deg2rad(fov_deg) / 2)
-    j, i = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)
-    cam = np.stack([(j - size / 2) / focal, -(i - size / 2) / focal, -np.ones_like(i)], -1)
-    rays_o, rays_d = [], []
-    for azim in np.linspace(0, 2 * np.pi, n_views, endpoint=False):
-        eye = distance * np.array([np.cos(0.3) * np.cos(azim), np.cos(0.3) * np.sin(azim), np.sin(0.3)])
-        fwd = -eye / np.linalg.norm(eye)
-        right = np.cross(fwd, [0.0, 0.0, 1.0])
-        right /= np.linalg.norm(right)
-        d = cam @ np.stack([right, np.cross(right, fwd), -fwd])
-        rays_d.append(d / np.linalg.norm(d, axis=-1, keepdims=True))
-        rays_o.append(np.broadcast_to(eye, d.shape))
-    return (Tensor(np.stack(rays_o).astype(np.float32)), Tensor(np.stack(rays_d).astype(np.float32)),
-            Tensor(np.zeros((n_views, 3), np.float32)))
-
-
-def bench(renderer, params, n_views, size, iters):
-    rays = orbit_rays(n_views, size)
-    sampler, sample_time = renderer.estimator.sampling, []
+def bench(renderer, params, batch, iters):
+    estimator = renderer.estimator
+    sampler, sample_time = estimator.sampling, []
 
     def timed_sampling(*args, **kwargs):
         t = time.perf_counter()
@@ -124,15 +77,16 @@ def bench(renderer, params, n_views, size, iters):
         sample_time.append(time.perf_counter() - t)
         return res
 
-    renderer.estimator.sampling = timed_sampling
+    estimator.sampling = timed_sampling
+    inputs = {k: batch[k] for k in ("rays_o", "rays_d", "light_positions")}
 
     def loss():
-        out = renderer(*rays)
+        out = renderer(**inputs)
         return out["comp_rgb"].mean() + 0.01 * out["opacity"].mean()
 
     grad_fn = ms.value_and_grad(loss, None, params)
     times, stats = [], []
-    for it in range(iters + 1):  # first iteration is warm-up
+    for it in range(iters + 1):  # the first iteration warms up
         sample_time.clear()
         t = time.perf_counter()
         _, grads = grad_fn()
@@ -140,12 +94,13 @@ def bench(renderer, params, n_views, size, iters):
         if it:
             times.append(time.perf_counter() - t)
             stats.append((dict(renderer.stats), sum(sample_time)))
-    renderer.estimator.sampling = sampler
-    n_rays = n_views * size * size
+    estimator.sampling = sampler
+    n_views, height, width = batch["rays_o"].shape[:3]
+    n_rays = n_views * height * width
     sec = float(np.median(times))
     per_ray = {k: float(np.mean([s[k] for s, _ in stats])) / n_rays for k in ("n_marched", "n_grid", "n_samples")}
     return {
-        "views": n_views, "resolution": size, "rays": n_rays,
+        "views": n_views, "resolution": f"{height}x{width}", "rays": n_rays,
         "fwd_bwd_s": round(sec, 3),
         "sampler_s": round(float(np.median([t for _, t in stats])), 3),
         "samples_per_ray_marched": round(per_ray["n_marched"], 1),
@@ -157,26 +112,40 @@ def bench(renderer, params, n_views, size, iters):
     }
 
 
+def run(args):
+    np.random.seed(0)  # stratified offsets, grid jitter
+    ms.set_seed(0)
+    import random
+    random.seed(0)  # background colour augmentation
+    cfg = load_config(args.config, cli_args=["system.prompt_processor.prompt=benchmark"])
+    renderer, params = build_scene(cfg, args.backend)
+    g = cfg.system.geometry.pos_encoding_config
+    print(f"backend {args.backend}: {cfg.system.geometry_type} ({g.n_levels} levels, 2^{g.log2_hashmap_size} "
+          f"table), {cfg.system.material_type}, {cfg.system.background_type}, "
+          f"{cfg.system.renderer_type} ({renderer.cfg.num_samples_per_ray} samples per ray)")
+    for k in range(4):  # warm-up updates (every cell is evaluated before step 256)
+        renderer.update_step(0, 16 * k)
+    print(f"occupied cells after warm-up: {int(renderer.estimator.binaries.asnumpy().sum())} / 32768")
+    for batch in training_batches(cfg, args.views):
+        print(json.dumps({"backend": args.backend, **bench(renderer, params, batch, args.iters)}), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--geometry", default="auto", choices=["auto", "builtin", "implicit-volume"])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--backend", default="all", choices=["all", *hashgrid._BACKENDS])
     parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--settings", default="8x64,4x256", help="comma list of VIEWSxSIZE")
+    parser.add_argument("--views", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                        help="views per stage, e.g. 8,1 (default: the config's batch sizes; 0 skips a stage)")
     args = parser.parse_args()
-    np.random.seed(0)
-
-    name, geometry, material, background = build_scene(args.geometry)
-    print(f"geometry: {name}")
-    renderer = threestudio.find("nerf-volume-renderer")({}, geometry, material, background)
-    for cell in (renderer, geometry, material, background):
-        cell.set_train(True)
-    for k in range(4):  # warm-up updates: every cell evaluated each time
-        renderer.update_step(0, 16 * k)
-    print(f"occupied cells: {int(renderer.estimator.binaries.asnumpy().sum())} / 32768")
-    params = geometry.trainable_params() + material.trainable_params() + background.trainable_params()
-    for setting in args.settings.split(","):
-        n_views, size = (int(v) for v in setting.split("x"))
-        print(json.dumps(bench(renderer, params, n_views, size, args.iters)), flush=True)
+    if args.backend != "all":
+        run(args)
+        return
+    for name in hashgrid.available_backends():
+        cmd = [sys.executable, __file__, "--config", args.config, "--backend", name, "--iters", str(args.iters)]
+        if args.views:
+            cmd += ["--views", ",".join(map(str, args.views))]
+        subprocess.run(cmd, check=True)
 
 
 if __name__ == "__main__":

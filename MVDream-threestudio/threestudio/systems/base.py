@@ -34,6 +34,25 @@ from .optim import parse_optimizer
 logger = logging.getLogger("threestudio")
 
 
+def assign_state_arrays(params: Dict[str, Any], arrays: Dict[str, np.ndarray], source: str = "checkpoint",
+                        ignore_modules: Optional[List[str]] = None):
+    """Set ``params`` (name -> Parameter) from ``arrays``: the same names (outside the ignored
+    ``<module>.`` prefixes) and shapes, or a one-line CheckpointError naming the first mismatch."""
+    ignore = tuple(f"{m}." for m in (ignore_modules or []))
+    wanted = {k for k in params if not k.startswith(ignore)}
+    missing = sorted(wanted - set(arrays))
+    unexpected = sorted(k for k in set(arrays) - set(params) if not k.startswith(ignore))
+    if missing or unexpected:
+        what = f"lacks '{missing[0]}'" if missing else f"has an unknown entry '{unexpected[0]}'"
+        raise CheckpointError(f"{source} does not fit this model: it {what}")
+    for name in sorted(wanted):
+        param, value = params[name], arrays[name]
+        if tuple(param.shape) != tuple(value.shape):
+            raise CheckpointError(f"{source} does not fit this model: '{name}' has shape "
+                                  f"{tuple(value.shape)}, the model {tuple(param.shape)}")
+        param.set_data(Tensor(np.ascontiguousarray(value)).astype(param.dtype))
+
+
 class BaseSystem(nn.Cell, Updateable, SaverMixin):
     @dataclass
     class Config:
@@ -52,8 +71,11 @@ class BaseSystem(nn.Cell, Updateable, SaverMixin):
     # components that may own random generators (get_rng_state / set_rng_state)
     RNG_COMPONENTS = ()
 
-    def __init__(self, cfg, resumed: bool = False, precision: Any = 32):
+    def __init__(self, cfg, resumed: bool = False, precision: Any = 32, eval_only: bool = False):
         super().__init__()
+        # eval_only (--test / --export): render and export only; systems skip their guidance
+        # and prompt processor (large frozen models that only the training loss needs)
+        self.eval_only = eval_only
         from ..utils.config import parse_structured
 
         self.cfg = parse_structured(self.Config, cfg, prefix="system")
@@ -123,20 +145,7 @@ class BaseSystem(nn.Cell, Updateable, SaverMixin):
 
     def load_state_arrays(self, arrays: Dict[str, np.ndarray], source: str = "checkpoint",
                           ignore_modules: Optional[List[str]] = None):
-        ignore = tuple(f"{m}." for m in (ignore_modules or []))
-        params = dict(self.named_state_parameters())
-        wanted = {k for k in params if not k.startswith(ignore)}
-        missing = sorted(wanted - set(arrays))
-        unexpected = sorted(k for k in set(arrays) - set(params) if not k.startswith(ignore))
-        if missing or unexpected:
-            what = f"lacks '{missing[0]}'" if missing else f"has an unknown entry '{unexpected[0]}'"
-            raise CheckpointError(f"{source} does not fit this model: it {what}")
-        for name in sorted(wanted):
-            param, value = params[name], arrays[name]
-            if tuple(param.shape) != tuple(value.shape):
-                raise CheckpointError(f"{source} does not fit this model: '{name}' has shape "
-                                      f"{tuple(value.shape)}, the model {tuple(param.shape)}")
-            param.set_data(Tensor(np.ascontiguousarray(value)).astype(param.dtype))
+        assign_state_arrays(dict(self.named_state_parameters()), arrays, source, ignore_modules)
 
     def load_weights(self, path: str, ignore_modules: Optional[List[str]] = None):
         """``system.weights``: parameters only (no optimizer state, step or RNG), as in threestudio."""
@@ -208,9 +217,18 @@ class BaseLift3DSystem(BaseSystem):
             self.cfg.renderer, geometry=self.geometry, material=self.material, background=self.background)
 
     def fingerprint_sections(self) -> Dict[str, Any]:
-        cfg = self.cfg
+        return self.config_fingerprint_sections(self.cfg)
+
+    @classmethod
+    def config_fingerprint_sections(cls, cfg: "BaseLift3DSystem.Config") -> Dict[str, Any]:
+        """The sections from the parsed system config alone (e.g. to check a checkpoint
+        before building any module)."""
         sections = {name: [getattr(cfg, f"{name}_type"), config_to_primitive(getattr(cfg, name))]
-                    for name in self.STATE_MODULES}
+                    for name in cls.STATE_MODULES}
+        # isosurface_* only steer mesh export (e.g. --export with another resolution)
+        geometry = sections["geometry"][1]
+        if isinstance(geometry, dict):
+            sections["geometry"][1] = {k: v for k, v in geometry.items() if not str(k).startswith("isosurface")}
         optimizer = config_to_primitive(cfg.optimizer) or {}
         sections["optimizer"] = [optimizer.get("name", "AdamW"), sorted((optimizer.get("params") or {}).keys())]
         return sections

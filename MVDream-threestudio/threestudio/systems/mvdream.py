@@ -57,13 +57,16 @@ class MVDreamSystem(BaseLift3DSystem):
     def configure(self):
         self.loss_cfg = parse_structured(MVDreamLossConfig, self.cfg.loss, prefix="system.loss")
         super().configure()
+        self.train_log: Dict[str, float] = {}
+        if self.eval_only:
+            self.guidance = self.prompt_processor = None
+            return
         self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
         for param in self.guidance.get_parameters():
             param.requires_grad = False  # frozen; never optimised nor checkpointed
         self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
         self.prompt_utils = self.prompt_processor()
         self._configure_guidance_execution()
-        self.train_log: Dict[str, float] = {}
 
     def _heavy_guidance_cells(self) -> List[nn.Cell]:
         if hasattr(self.guidance, "heavy_cells"):

@@ -93,22 +93,51 @@ class SaverMixin:
 
     def save_img_sequence(self, filename: str, img_dir: str, matcher: str = r"(\d+)\.png",
                           save_format: str = "mp4", fps: int = 30, **_unused) -> List[str]:
-        """Frames ``save/<img_dir>/<i>.png`` (sorted by i) -> ``save/<filename>.<fmt>`` for each format."""
+        """Frames ``save/<img_dir>/<i>.png`` (sorted by i) -> ``save/<filename>.<fmt>`` for each format.
+
+        Frames are streamed (one in memory at a time) into every writer; mp4 (H.264 via
+        imageio-ffmpeg, yuv420p) needs even sizes, so odd frames get one replicated edge row or
+        column. Each video is written to a temporary name, then renamed.
+        """
         directory = os.path.join(self.get_save_dir(), img_dir)
         pattern = re.compile(matcher)
         frames = sorted((int(m.group(1)), f) for f in os.listdir(directory) if (m := pattern.fullmatch(f)))
-        images = [imageio.imread(os.path.join(directory, f)) for _, f in frames]
-        written = []
-        for fmt in ([save_format] if isinstance(save_format, str) else save_format):
-            path = self.get_save_path(f"{filename}.{fmt}")
-            if fmt == "mp4":
-                # macro_block_size=1: keep small odd-sized frames as they are
-                with imageio.get_writer(path, fps=fps, macro_block_size=1) as writer:
-                    for img in images:
-                        writer.append_data(img)
-            elif fmt == "gif":
-                imageio.mimsave(path, images, duration=1000.0 / fps, loop=0)
-            else:
-                raise ValueError(f"unknown video format '{fmt}'")
-            written.append(path)
-        return written
+        formats = [save_format] if isinstance(save_format, str) else list(save_format)
+        unknown = [f for f in formats if f not in ("mp4", "gif")]
+        if unknown:
+            raise ValueError(f"unknown video format '{unknown[0]}'")
+        paths = [self.get_save_path(f"{filename}.{fmt}") for fmt in formats]
+        tmps = [os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.tmp.{fmt}") for p, fmt in zip(paths, formats)]
+        writers = []
+        try:
+            for tmp, fmt in zip(tmps, formats):
+                if fmt == "mp4":
+                    # macro_block_size=1: keep the frame size (no resize to multiples of 16)
+                    writers.append(imageio.get_writer(tmp, format="FFMPEG", fps=fps, macro_block_size=1,
+                                                      codec="libx264", pixelformat="yuv420p"))
+                else:
+                    writers.append(imageio.get_writer(tmp, format="GIF", mode="I", duration=1000.0 / fps, loop=0))
+            for _, name in frames:
+                img = imageio.imread(os.path.join(directory, name))
+                if img.ndim == 2:
+                    img = np.repeat(img[..., None], 3, -1)
+                img = img[..., :3]
+                for writer, fmt in zip(writers, formats):
+                    writer.append_data(_even(img) if fmt == "mp4" else img)
+            for writer in writers:
+                writer.close()
+            writers = []
+            for tmp, path in zip(tmps, paths):
+                os.replace(tmp, path)
+        finally:
+            for writer in writers:
+                writer.close()
+            for tmp in tmps:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        return paths
+
+
+def _even(img: np.ndarray) -> np.ndarray:
+    pad = ((0, img.shape[0] % 2), (0, img.shape[1] % 2), (0, 0))
+    return np.pad(img, pad, mode="edge") if any(p[1] for p in pad) else img

@@ -142,7 +142,10 @@ class NeRFVolumeRenderer(VolumeRenderer):
         t_intervals = t_ends - t_starts
 
         chunk = 0 if self.training else self.cfg.eval_chunk_size
-        geo_out = chunk_batch(self.geometry, chunk, positions, output_normal=self.material.requires_normal)
+        # evaluation also renders normals whenever the geometry defines them (test videos)
+        output_normal = self.material.requires_normal or (
+            not self.training and getattr(self.geometry.cfg, "normal_type", None) is not None)
+        geo_out = chunk_batch(self.geometry, chunk, positions, output_normal=output_normal)
         rgb_fg_all = chunk_batch(self.material, chunk, viewdirs=t_dirs, positions=positions,
                                  light_positions=t_light_positions, **geo_out, **kwargs)
 
