@@ -1,38 +1,45 @@
-"""Run launch.py on the tiny config, in a subprocess or in-process.
-
-Until every module type of mvdream-tiny.yaml is registered in this checkout, the whole model is
-replaced by the stubs of ``system_stubs`` (mixing real and stub modules would test neither).
-"""
+"""The tiny config (real modules, random-weight tiny MVDream): run launch.py in a subprocess,
+or build its data module / system / trainer in-process."""
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import system_stubs
+import launch
 import threestudio
+from threestudio.utils.experiment import checkpoint_config, load_experiment, trainer_config
+from threestudio.utils.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 THREESTUDIO = REPO / "MVDream-threestudio"
 TINY = THREESTUDIO / "configs" / "mvdream-tiny.yaml"
-TESTS = Path(__file__).resolve().parent
-
-# a runner that registers the stubs, then behaves exactly like `python launch.py ...`
-RUNNER = ("import sys, system_stubs, launch; sys.exit(launch.main(sys.argv[1:]))")
+LAUNCH = THREESTUDIO / "launch.py"
 
 
-def tiny_config(tmp_path) -> str:
-    """The shipped tiny config, or a stub version of it while modules are missing."""
-    dst = Path(tmp_path) / "mvdream-tiny-stub.yaml"
-    types = [system_stubs.yaml.safe_load(TINY.read_text())["system"][f"{k}_type"] for k in system_stubs.STUB_FOR]
-    if all(t in threestudio.__modules__ for t in types):
-        return str(TINY)
-    system_stubs.stub_config(TINY, dst, force=True)
-    return str(dst)
+def tiny_config(tmp_path=None) -> str:
+    """Path of the shipped tiny config (``tmp_path`` is accepted for older callers)."""
+    return str(TINY)
+
+
+def build_tiny(trial_dir, overrides=(), config=TINY):
+    """(cfg, data module, system, trainer) as launch.py builds them for a training run (seeded
+    the same way: the random init of the guidance is never checkpointed)."""
+    cfg, _, _ = load_experiment(str(config), list(overrides))
+    launch.seed_everything(cfg.seed)
+    dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed)
+    dm.setup()
+    tcfg = trainer_config(cfg)
+    system = threestudio.find(cfg.system_type)(cfg.system, precision=tcfg.precision)
+    system.set_save_dir(str(Path(trial_dir) / "save"))
+    trainer = Trainer(tcfg, checkpoint_config(cfg), str(trial_dir))
+    trainer.setup_optimization(system)
+    return cfg, dm, system, trainer
 
 
 def run_launch(args, cwd, timeout=300):
+    """``python launch.py *args`` in a fresh process (as a user runs it)."""
     env = dict(os.environ, MS_DEV_HOST_BLOCKING_RUN="1", GLOG_v="3",
-               PYTHONPATH=os.pathsep.join([str(TESTS), str(THREESTUDIO), str(REPO / "MVDream"),
+               PYTHONPATH=os.pathsep.join([str(THREESTUDIO), str(REPO / "MVDream"),
                                            os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-W", "ignore", "-c", RUNNER, *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-W", "ignore", str(LAUNCH), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

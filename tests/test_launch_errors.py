@@ -29,7 +29,8 @@ def _nothing_created(root: Path):
 
 
 @pytest.mark.parametrize("extra, expected", [
-    ([], 'no prompt given: set system.prompt_processor.prompt="..."'),
+    ([], 'system.prompt_processor.prompt is missing; set it on the command line: '
+         'system.prompt_processor.prompt="a cat"'),
     ([PROMPT, "system.loss.lambda_sparsty=1"], "unknown config key 'lambda_sparsty'"),
     ([PROMPT, "trainer.max_stepz=3"], "unknown config key 'max_stepz'"),
     ([PROMPT, "foo=1"], "unknown config key 'foo'"),

@@ -1,84 +1,86 @@
-"""mvdream-system training: exact resume, torch-AdamW optimizer, loss terms, checkpoint checks."""
-from pathlib import Path
+"""mvdream-system training with the real tiny config: exact resume, torch-AdamW optimizer, loss
+terms, checkpoint checks."""
+import random
 
 import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn
 
-import system_stubs  # noqa: F401  (registers the stub modules)
-import threestudio
+from launch_helpers import build_tiny
 from threestudio.systems.optim import TorchAdamW
 from threestudio.utils.checkpoint import CheckpointError, load_checkpoint
-from threestudio.utils.experiment import checkpoint_config, load_experiment, trainer_config
-from threestudio.utils.trainer import Trainer, restore_checkpoint
+from threestudio.utils.trainer import restore_checkpoint
 
-TINY = Path(__file__).resolve().parents[1] / "MVDream-threestudio" / "configs" / "mvdream-tiny.yaml"
 OVERRIDES = [
-    "system.prompt_processor.prompt=a cat",
-    "data.width=[8,12]", "data.height=[8,12]", "data.resolution_milestones=[4]",
-    "data.n_val_views=1", "data.eval_height=8", "data.eval_width=8",
-    "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
-    "system.renderer.num_samples_per_ray=6",
-    "system.loss.lambda_orient=[0,1.,10.,6]", "system.loss.lambda_sparsity=0.5",
-    "system.loss.lambda_opaque=0.1", "system.loss.lambda_z_variance=0.2",
+    "system.prompt_processor.prompt=a cat", "trainer.enable_progress_bar=false",
+    "data.width=[8,12]", "data.height=[8,12]", "data.resolution_milestones=[6]",
+    "data.n_val_views=1", "data.eval_height=8", "data.eval_width=8", "trainer.val_check_interval=2",
+    "system.renderer.num_samples_per_ray=16",
+    # grid updates at steps 0 (warm-up: every cell), 3 and 6 (random cells): one on each side of
+    # the resume point (4); the default interval (16) would need 4x the steps
+    "system.renderer.grid_update_interval=3", "system.renderer.grid_warmup_steps=2",
+    "system.guidance.min_step_percent=[0,0.98,0.02,8]", "system.guidance.max_step_percent=[0,0.98,0.5,8]",
+    "system.loss.lambda_sparsity=0.5", "system.loss.lambda_opaque=0.1", "system.loss.lambda_z_variance=0.2",
 ]
+N = 4
 
 
-@pytest.fixture(scope="module")
-def stub_cfg_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cfg") / "tiny-stub.yaml"
-    system_stubs.stub_config(TINY, path, force=True)
-    return str(path)
+def build(trial_dir, extra=()):
+    return build_tiny(trial_dir, OVERRIDES + list(extra))
 
 
-def build(path, trial_dir, extra=()):
-    cfg, _, _ = load_experiment(path, OVERRIDES + list(extra))
-    dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed)
-    dm.setup()
-    system = threestudio.find(cfg.system_type)(cfg.system)
-    system.set_save_dir(str(Path(trial_dir) / "save"))
-    trainer = Trainer(trainer_config(cfg), checkpoint_config(cfg), str(trial_dir))
-    trainer.setup_optimization(system)
-    return cfg, dm, system, trainer
+def _seed_globals(seed):
+    np.random.seed(seed)  # renderer sampling, occupancy-grid cells
+    random.seed(seed)  # background random_aug
 
 
-def test_resume_is_exact(stub_cfg_path, tmp_path):
-    np.random.seed(0)
-    _, dm, system, trainer = build(stub_cfg_path, tmp_path / "full")
-    full = trainer.fit(system, dm, 0, 6)["losses"]
+def test_resume_is_exact(tmp_path):
+    """2N steps in one run == N steps, checkpoint, a fresh system, resume, N steps: same losses,
+    parameters, occupancy grid and optimizer moments."""
+    _, dm, system, trainer = build(tmp_path / "full")
+    occs = [system.renderer.estimator.occs.asnumpy().copy()]
+    full = []
+    for stop in range(1, 2 * N + 1):  # step by step, to watch the grid change
+        full += trainer.fit(system, dm, stop - 1, stop)["losses"]
+        occs.append(system.renderer.estimator.occs.asnumpy().copy())
     full_state = system.state_arrays()
-    assert (tmp_path / "full/save/it2-val/0.png").is_file() and (tmp_path / "full/ckpts/step6.ckpt").is_file()
+    assert (tmp_path / "full/save/it2-val/0.png").is_file()
+    # the grid changes exactly at the update steps 0, 3, 6 (after steps 1, 4, 7)
+    changed = [i for i in range(2 * N) if not np.array_equal(occs[i], occs[i + 1])]
+    assert changed == [0, 3, 6], changed
 
-    np.random.seed(0)
-    _, dm, system, trainer = build(stub_cfg_path, tmp_path / "a")
-    first = trainer.fit(system, dm, 0, 3)
-    np.random.seed(99)  # a fresh process would start from another global state
-    _, dm, system, trainer = build(stub_cfg_path, tmp_path / "b")
+    _, dm, system, trainer = build(tmp_path / "a")
+    first = trainer.fit(system, dm, 0, N)
+    _, dm, system, trainer = build(tmp_path / "b")
+    _seed_globals(99)  # restore_checkpoint must bring back the global generators' states
     step = restore_checkpoint(first["checkpoint"], *load_checkpoint(first["checkpoint"]), system,
                               trainer.optimizer, trainer.params, dm)
-    assert step == 3
-    second = trainer.fit(system, dm, step, 6)["losses"]
+    assert step == N
+    second = trainer.fit(system, dm, step, 2 * N)["losses"]
 
     np.testing.assert_allclose(first["losses"] + second, full, rtol=1e-6, atol=1e-7)
-    assert len(set(np.round(full, 6))) == 6  # a real trace (it changes every step)
+    assert len(set(np.round(full, 6))) == 2 * N  # a real trace (it changes every step)
     resumed_state = system.state_arrays()
-    assert set(resumed_state) == set(full_state) and "renderer.occs" in full_state
+    assert set(resumed_state) == set(full_state)
+    assert {"renderer.estimator.occs", "renderer.estimator.binaries", "geometry.encoding.encoding.params",
+            "background.network.layers.0.weight"} <= set(full_state)
     for name, value in full_state.items():
         np.testing.assert_allclose(resumed_state[name], value, atol=1e-6, err_msg=name)
-    # checkpoints of the two runs at step 6 hold the same optimizer moments
+    # checkpoints of the two runs at step 2N hold the same optimizer moments
     a, _ = load_checkpoint(str(tmp_path / "full/ckpts/last.ckpt"))
     b, meta = load_checkpoint(str(tmp_path / "b/ckpts/last.ckpt"))
-    assert meta["global_step"] == 6 and not any(k.startswith("state.guidance") for k in b)
+    assert meta["global_step"] == 2 * N and not any(k.startswith("state.guidance") for k in b)
+    assert set(a) == set(b)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
     rows = (tmp_path / "b/metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("step,loss") and len(rows) == 4 and rows[-1].startswith("6,")
+    assert rows[0].startswith("step,loss") and len(rows) == N + 1 and rows[-1].startswith(f"{2 * N},")
 
 
-def test_checkpoint_of_another_model_is_refused(stub_cfg_path, tmp_path):
-    _, dm, system, trainer = build(stub_cfg_path, tmp_path / "a")
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    _, dm, system, trainer = build(tmp_path / "a")
     ckpt = trainer.fit(system, dm, 0, 1)["checkpoint"]
-    _, dm2, other, trainer2 = build(stub_cfg_path, tmp_path / "b", ["system.renderer.num_samples_per_ray=5"])
+    _, dm2, other, trainer2 = build(tmp_path / "b", ["system.renderer.num_samples_per_ray=5"])
     with pytest.raises(CheckpointError, match="system.renderer config differs"):
         restore_checkpoint(ckpt, *load_checkpoint(ckpt), other, trainer2.optimizer, trainer2.params, dm2)
     bad = tmp_path / "bad.ckpt"
@@ -87,22 +89,27 @@ def test_checkpoint_of_another_model_is_refused(stub_cfg_path, tmp_path):
         load_checkpoint(str(bad))
 
 
-def test_loss_terms_match_numpy(stub_cfg_path, tmp_path):
-    _, dm, system, _ = build(stub_cfg_path, tmp_path)
+def test_loss_terms_match_numpy(tmp_path):
+    """Every regulariser of the system, from the real renderer's outputs, against NumPy."""
+    extra = ["system.geometry.normal_type=finite_difference", "system.material.requires_normal=true",
+             "system.loss.lambda_orient=[0,1.,10.,6]"]
+    _, dm, system, _ = build(tmp_path, extra)
+    system.set_train(True)
     batch = dm.train_dataset.collate_next(0)
-    np.random.seed(5)
     system.do_update_step(0, 0)
+    _seed_globals(5)
     loss = float(system.training_loss(batch).asnumpy())
     log = system.train_log
-    np.random.seed(5)
-    out = {k: v.asnumpy() for k, v in system.renderer(**batch).items()}
+    _seed_globals(5)  # the same samples and background again
+    out = {k: v.asnumpy() for k, v in system.renderer(**batch).items() if hasattr(v, "asnumpy")}
     op = out["opacity"]
+    assert 0.01 < op.mean() < 0.99 and (op > 0.5).any()  # every term is non-trivial
     cos = np.maximum((out["normal"] * out["t_dirs"]).sum(-1, keepdims=True), 0)
     orient = (out["weights"] * cos ** 2).sum() / (op > 0).sum()
     c = np.clip(op, 1e-3, 1 - 1e-3)
     ref = {"orient": orient, "sparsity": np.sqrt(op ** 2 + 0.01).mean(),
            "opaque": -(c * np.log(c) + (1 - c) * np.log(1 - c)).mean(),
-           "z_variance": out["z_variance"][op > 0.5].mean() if (op > 0.5).any() else 0.0}
+           "z_variance": out["z_variance"][op > 0.5].mean()}
     for k, v in ref.items():
         assert log[f"train/loss_{k}"] == pytest.approx(float(v), rel=1e-4, abs=1e-6), k
     lambdas = {"sds": 1.0, "orient": 1.0, "sparsity": 0.5, "opaque": 0.1, "z_variance": 0.2}
@@ -135,11 +142,11 @@ def test_torch_adamw_semantics():
     np.testing.assert_allclose(net.b.asnumpy(), ref["b"][0], atol=1e-6)
 
 
-def test_system_weights_loads_parameters_only(stub_cfg_path, tmp_path):
-    _, dm, system, trainer = build(stub_cfg_path, tmp_path / "a")
+def test_system_weights_loads_parameters_only(tmp_path):
+    _, dm, system, trainer = build(tmp_path / "a")
     ckpt = trainer.fit(system, dm, 0, 2)["checkpoint"]
     trained = system.state_arrays()
-    _, _, loaded, trainer2 = build(stub_cfg_path, tmp_path / "b", [f"system.weights={ckpt}"])
+    _, _, loaded, trainer2 = build(tmp_path / "b", [f"system.weights={ckpt}"])
     for name, value in loaded.state_arrays().items():
         np.testing.assert_array_equal(value, trained[name], err_msg=name)
     # weights only: the optimizer starts fresh

@@ -1,7 +1,8 @@
 """Registry, dataclass configs and scheduled values."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
+from omegaconf import OmegaConf
 
 import threestudio
 from threestudio.utils.base import BaseObject
@@ -19,6 +20,23 @@ def test_parse_structured_rejects_unknown_key():
     assert parse_structured(_Cfg, {"lr": 0.5}).lr == 0.5
     with pytest.raises(ConfigError, match="unknown config key 'nview'.*_Cfg"):
         parse_structured(_Cfg, {"nview": 8})
+
+
+def test_parse_structured_rejects_missing_values():
+    """``???`` must not silently become the dataclass default (OmegaConf's merge keeps it)."""
+    @dataclass
+    class _Outer:
+        lr: float = 0.01
+        sub: dict = field(default_factory=dict)
+
+    with pytest.raises(ConfigError) as err:
+        parse_structured(_Cfg, OmegaConf.create({"lr": "???"}))
+    assert str(err.value) == "'lr' is missing (???) in the config of _Cfg"
+    with pytest.raises(ConfigError) as err:  # nested, with the position in the experiment config
+        parse_structured(_Outer, {"sub": {"prompt": "???"}}, prefix="system")
+    assert str(err.value) == ('system.sub.prompt is missing; set it on the command line: '
+                              'system.sub.prompt="a cat"')
+    assert parse_structured(_Outer, {"sub": {"prompt": "a"}}, prefix="system").sub == {"prompt": "a"}
 
 
 def test_registry_find_and_unknown_name():

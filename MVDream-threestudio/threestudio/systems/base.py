@@ -78,7 +78,7 @@ class BaseSystem(nn.Cell, Updateable, SaverMixin):
         self.eval_only = eval_only
         from ..utils.config import parse_structured
 
-        self.cfg = parse_structured(self.Config, cfg)
+        self.cfg = parse_structured(self.Config, cfg, prefix="system")
         self.resumed = resumed
         self.half_precision = str(precision) in ("16", "16-mixed")
         self.true_global_step = 0

@@ -55,7 +55,7 @@ class MVDreamSystem(BaseLift3DSystem):
     RNG_COMPONENTS = ("guidance", "prompt_processor")
 
     def configure(self):
-        self.loss_cfg = parse_structured(MVDreamLossConfig, self.cfg.loss)
+        self.loss_cfg = parse_structured(MVDreamLossConfig, self.cfg.loss, prefix="system.loss")
         super().configure()
         self.train_log: Dict[str, float] = {}
         if self.eval_only:

@@ -29,10 +29,43 @@ for _name, _fn in _RESOLVERS.items():
         OmegaConf.register_new_resolver(_name, _fn)
 
 
-def parse_structured(fields_cls, cfg: Optional[Any] = None):
-    """Build ``fields_cls`` (a dataclass) from a dict/DictConfig, rejecting unknown keys."""
+MISSING = "???"
+
+
+def first_missing_key(cfg: Any, prefix: str = "") -> Optional[str]:
+    """Dotted path of the first mandatory value (``???``) in a dict/DictConfig, or None."""
+    if isinstance(cfg, DictConfig):
+        # not to_container(): a missing value can sit behind an interpolation (tag: ${...prompt})
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    if not isinstance(cfg, dict):
+        return None
+    for key, value in cfg.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, str) and value == MISSING:
+            return path
+        found = first_missing_key(value, path)
+        if found:
+            return found
+    return None
+
+
+def missing_value_error(path: str, owner: Optional[type] = None) -> "ConfigError":
+    """``owner``: the dataclass being parsed when ``path`` is relative to it (not a full path)."""
+    if owner is not None:
+        return ConfigError(f"'{path}' is missing (???) in the config of {owner.__qualname__}")
+    example = '"a cat"' if path.endswith("prompt") else "<value>"
+    return ConfigError(f"{path} is missing; set it on the command line: {path}={example}")
+
+
+def parse_structured(fields_cls, cfg: Optional[Any] = None, prefix: str = ""):
+    """Build ``fields_cls`` (a dataclass) from a dict/DictConfig, rejecting unknown keys and
+    mandatory values left at ``???`` (OmegaConf's merge would silently keep the dataclass
+    default for them). ``prefix``: where ``cfg`` sits in the experiment config (messages)."""
     if cfg is None:
         cfg = {}
+    missing = first_missing_key(cfg, prefix)
+    if missing:
+        raise missing_value_error(missing, None if prefix else fields_cls)
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     try:

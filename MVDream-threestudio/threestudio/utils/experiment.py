@@ -16,12 +16,12 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, parse_structured
+from .config import ConfigError, first_missing_key, missing_value_error, parse_structured
 
 
 @dataclass
@@ -97,10 +97,6 @@ class CheckpointConfig:
     every_n_train_steps: Optional[int] = None
 
 
-def _missing_keys(cfg: DictConfig) -> List[str]:
-    return sorted(OmegaConf.missing_keys(cfg))
-
-
 def load_experiment(path: str, cli_args=()) -> "tuple[ExperimentConfig, DictConfig, DictConfig]":
     """Read ``path`` + ``key=value`` overrides. Returns (ExperimentConfig, raw, resolved)."""
     if not os.path.isfile(path):
@@ -112,11 +108,9 @@ def load_experiment(path: str, cli_args=()) -> "tuple[ExperimentConfig, DictConf
         raw = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(cli_args)))
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
-    missing = _missing_keys(raw)
-    if "system.prompt_processor.prompt" in missing:
-        raise ConfigError('no prompt given: set system.prompt_processor.prompt="..." on the command line')
+    missing = first_missing_key(raw)  # before resolving: the tag interpolates the prompt
     if missing:
-        raise ConfigError(f"config value {missing[0]} is missing (???): set {missing[0]}=...")
+        raise missing_value_error(missing)
     resolved = raw.copy()
     try:
         OmegaConf.resolve(resolved)
@@ -127,11 +121,11 @@ def load_experiment(path: str, cli_args=()) -> "tuple[ExperimentConfig, DictConf
 
 
 def trainer_config(cfg: ExperimentConfig) -> TrainerConfig:
-    return parse_structured(TrainerConfig, cfg.trainer)
+    return parse_structured(TrainerConfig, cfg.trainer, prefix="trainer")
 
 
 def checkpoint_config(cfg: ExperimentConfig) -> CheckpointConfig:
-    return parse_structured(CheckpointConfig, cfg.checkpoint)
+    return parse_structured(CheckpointConfig, cfg.checkpoint, prefix="checkpoint")
 
 
 def make_trial_dir(cfg: ExperimentConfig) -> str:

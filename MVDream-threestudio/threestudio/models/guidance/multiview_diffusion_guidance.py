@@ -115,7 +115,7 @@ class MultiviewDiffusionGuidance(BaseModule):
         # Port additions.
         config_path: Optional[str] = None  # model YAML (a path, or a config shipped with mvdream, e.g. tiny.yaml)
         pretrained: bool = True  # False: random weights, nothing downloaded (smoke runs)
-        seed: Optional[int] = None  # seed of the guidance's own random draws
+        seed: Optional[int] = None  # seed of the guidance's own random draws (None: from NumPy's global RNG)
 
     cfg: Config
 
@@ -135,7 +135,10 @@ class MultiviewDiffusionGuidance(BaseModule):
 
         self.num_train_timesteps = int(model.num_timesteps)
         self.grad_clip_val: Optional[float] = None
-        self._rng = np.random.default_rng(self.cfg.seed)
+        # seed None: drawn from NumPy's global generator, so that the experiment's `seed`
+        # (seed_everything) makes a run reproducible, as torch's global seed does in the original
+        seed = self.cfg.seed if self.cfg.seed is not None else int(np.random.randint(2 ** 31))
+        self._rng = np.random.default_rng(seed)
         self.update_step(0, 0)
 
     def _config_path(self) -> Optional[str]:

@@ -22,7 +22,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 import mindspore as ms
 import numpy as np
 from mindspore import Tensor, ops
-from omegaconf import DictConfig, OmegaConf
 
 from threestudio.utils.base import BaseObject
 from threestudio.utils.config import ConfigError
@@ -198,16 +197,6 @@ class PromptProcessor(BaseObject):
         prompt_library: str = "load/prompt_library.json"  # for "lib:" prompts
 
     cfg: Config
-
-    def __init__(self, cfg=None, *args, **kwargs):
-        # A mandatory "???" prompt would otherwise silently take the default.
-        if isinstance(cfg, DictConfig):
-            missing = "prompt" in cfg.keys() and OmegaConf.is_missing(cfg, "prompt")
-        else:
-            missing = isinstance(cfg, dict) and cfg.get("prompt") == "???"
-        if missing:
-            raise ConfigError("no prompt given: set system.prompt_processor.prompt=\"...\"")
-        super().__init__(cfg, *args, **kwargs)
 
     def configure(self, text_encoder: Optional[Callable] = None, cache_key: Optional[str] = None) -> None:
         """``text_encoder``: list of prompts -> [N, 77, C] embeddings (Tensor or array);

@@ -66,6 +66,10 @@ class NeRFVolumeRenderer(VolumeRenderer):
         # for occgrid
         grid_prune: bool = True
         prune_alpha_threshold: bool = True
+        # port options (nerfacc's defaults, fixed in threestudio): the grid is re-estimated every
+        # grid_update_interval steps, from all cells during the first grid_warmup_steps
+        grid_update_interval: int = 16
+        grid_warmup_steps: int = 256
 
         # for proposal / importance (accepted so original configs parse)
         proposal_network_config: Optional[dict] = None
@@ -223,4 +227,6 @@ class NeRFVolumeRenderer(VolumeRenderer):
             # density * step approximates 1 - exp(-density * step) (first-order Taylor)
             return self.geometry.forward_density(x) * self.render_step_size
 
-        self.estimator.update_every_n_steps(step=global_step, occ_eval_fn=occ_eval_fn)
+        self.estimator.update_every_n_steps(step=global_step, occ_eval_fn=occ_eval_fn,
+                                            warmup_steps=self.cfg.grid_warmup_steps,
+                                            n=self.cfg.grid_update_interval)
