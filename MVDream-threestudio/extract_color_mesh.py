@@ -54,7 +54,7 @@ def load_run_config(config_path: str, overrides=()):
 
 
 def run(args) -> dict:
-    import mindspore as ms
+    from mvdream.runtime import setup_runtime
 
     import threestudio  # noqa: F401 - registers the modules
     from threestudio.utils import mesh_export as mx
@@ -69,7 +69,7 @@ def run(args) -> dict:
     if args.output:
         mx.check_output(args.output, args.overwrite)  # fail before the long part
     cfg = load_run_config(args.config or mx.config_next_to(ckpt))
-    ms.set_context(mode=ms.PYNATIVE_MODE, device_target=args.device_target)
+    setup_runtime(args.device_target)
     fields = mx.load_trained_fields(ckpt, cfg.system_type, cfg.system)
     output = args.output or mx.default_output(mx.trial_dir_of(ckpt), fields.global_step)
     gcfg = fields.geometry.cfg
@@ -83,6 +83,8 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     sys.path.insert(0, HERE)
+    import mvdream.runtime  # noqa: F401  (MindSpore's environment, before MindSpore starts)
+
     args = build_parser().parse_args(argv)
     from omegaconf.errors import OmegaConfBaseException
 

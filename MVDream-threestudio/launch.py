@@ -119,9 +119,9 @@ def run(args, extras, logger) -> int:
     if args.train and trainer_cfg.max_steps < 0:
         raise UsageError("set trainer.max_steps")
 
-    import mindspore as ms
+    from mvdream.runtime import setup_runtime
 
-    ms.set_context(mode=ms.PYNATIVE_MODE, device_target=args.device_target)
+    setup_runtime(args.device_target)
     seed_everything(cfg.seed)
     if args.export:
         return run_export(cfg, raw, resolved, logger)
@@ -234,6 +234,8 @@ def main(argv=None) -> int:
     sibling = os.path.join(os.path.dirname(HERE), "MVDream")  # the mvdream package, if not installed
     if os.path.isdir(sibling) and sibling not in sys.path:
         sys.path.append(sibling)
+    import mvdream.runtime  # noqa: F401  (MindSpore's environment, before MindSpore starts)
+
     args, extras = build_parser().parse_known_args(argv)
     logger = setup_logging(args.verbose)
     try:

@@ -1,5 +1,6 @@
 """Config parsing: YAML + ``key=value`` overrides -> OmegaConf -> dataclass ``Config``."""
 import dataclasses
+import warnings
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,9 +25,13 @@ _RESOLVERS = {
     "not": lambda s: not s,
     "calc_exp_lr_decay_rate": lambda factor, n: factor ** (1.0 / n),
 }
-for _name, _fn in _RESOLVERS.items():
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _fn)
+with warnings.catch_warnings():
+    # OmegaConf 2.4 deprecates register_new_resolver in favour of a new API that 2.3 lacks.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", UserWarning)
+    for _name, _fn in _RESOLVERS.items():
+        if not OmegaConf.has_resolver(_name):
+            OmegaConf.register_new_resolver(_name, _fn)
 
 
 MISSING = "???"
