@@ -12,9 +12,11 @@ def setup_runtime(device_target="CPU", threads=None):
     (MindSpore's default of 25 oversubscribes small machines)."""
     import mindspore as ms
 
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    ms.set_device(device_target)
+    ms.set_context(mode=ms.PYNATIVE_MODE, device_target=device_target)
     if threads is None and device_target == "CPU":
         threads = os.cpu_count() or 1
     if threads:
-        ms.device_context.cpu.op_tuning.threads_num(int(threads))
+        try:
+            ms.device_context.cpu.op_tuning.threads_num(int(threads))
+        except RuntimeError:
+            pass  # the runtime already started in this process (a second call): keep its setting
