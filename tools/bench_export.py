@@ -35,13 +35,14 @@ def peak_rss_mb() -> float:
 
 
 def build(config: str, size: int):
-    import mindspore as ms
     from omegaconf import OmegaConf
 
     import threestudio
     from threestudio.utils.config import parse_structured
 
-    ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
+    from mvdream.runtime import setup_runtime
+
+    setup_runtime("CPU")
     cfg = OmegaConf.load(config)
     cfg.system.prompt_processor.prompt = "bench"
     OmegaConf.resolve(cfg)
@@ -58,8 +59,6 @@ def build(config: str, size: int):
 
 
 def bench_video(args) -> dict:
-    import numpy as np
-
     import threestudio
     from threestudio.utils.saving import SaverMixin, image_grid
 
@@ -101,7 +100,6 @@ def bench_video(args) -> dict:
 
 
 def bench_mc(args, resolution: int) -> dict:
-    import numpy as np
     import trimesh  # noqa: F401 - imported before timing
 
     from threestudio.utils import mesh_export as mx

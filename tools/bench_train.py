@@ -123,7 +123,9 @@ def main(argv=None):
     parser.add_argument("--precision", choices=["fp32", "fp16", "both"], default="both")
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "Ascend", "GPU"])
     args = parser.parse_args(argv)
-    ms.set_context(mode=ms.PYNATIVE_MODE, device_target=args.device_target)
+    from mvdream.runtime import setup_runtime
+
+    setup_runtime(args.device_target)
     config, overrides, stages = TINY if args.tiny else FULL
     precisions = ["fp32", "fp16"] if args.precision == "both" else [args.precision]
     results = []
