@@ -122,6 +122,10 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "fp16", "both"], default="both")
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "Ascend", "GPU"])
+    parser.add_argument("--stages", nargs="+", default=None,
+                        help="only these render sizes, e.g. 64x64 (default: every stage)")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides, e.g. data.batch_size=[4,4] (a full 8-view step needs > 24 GB)")
     args = parser.parse_args(argv)
     from mvdream.runtime import setup_runtime
 
@@ -131,8 +135,9 @@ def main(argv=None):
     results = []
     with tempfile.TemporaryDirectory() as trial_dir:
         for precision in precisions:
-            dm, system, trainer, build_s = build(config, overrides + PRECISIONS[precision], trial_dir)
-            for label, step in stages:
+            dm, system, trainer, build_s = build(config, overrides + PRECISIONS[precision] + args.overrides,
+                                                 trial_dir)
+            for label, step in [s for s in stages if args.stages is None or s[0] in args.stages]:
                 shape, result, spr = timed_steps(dm, system, trainer, step, args.iters, args.warmup)
                 row = {"config": config, "guidance": "tiny (random)" if args.tiny else "sd-v2.1-base-4view (random)",
                        "precision": precision, "render": label, "batch": shape[0],
