@@ -68,6 +68,22 @@ class _ChunkedVAEGrad(nn.Cell):
         return ops.concat(grads, axis=0), ops.zeros_like(noise)
 
 
+class _Untaped(nn.Cell):
+    """Calls ``fn(*tensors) -> tuple of tensors`` as one opaque op for autodiff: a custom
+    bprop (zero gradients) means PyNative records nothing inside, so the UNet's
+    activations are never kept for a backward pass that would not use them."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def construct(self, *tensors):
+        return self.fn(*tensors)
+
+    def bprop(self, *args):
+        return tuple(ops.zeros_like(x) for x in args[:-2])
+
+
 class _FrozenModel:
     """Plain holder: keeps the diffusion model out of the guidance's cell tree."""
 
@@ -251,7 +267,7 @@ class MultiviewDiffusionGuidance(BaseModule):
         """Latents of [B, 3, H, W] images in [0, 1], differentiable w.r.t. ``imgs``."""
         if posterior_noise is None:
             factor = vae_downsampling_factor(self.model)
-            channels = self.model.model.diffusion_model.in_channels
+            channels = self.model.first_stage_model.embed_dim
             posterior_noise = self._normal((imgs.shape[0], channels, imgs.shape[2] // factor,
                                             imgs.shape[3] // factor))
         chunk = self.cfg.vae_grad_chunk_size
@@ -341,9 +357,15 @@ class MultiviewDiffusionGuidance(BaseModule):
             noise = self._normal(latents.shape)
 
         # The diffusion model gives a target only: no gradient (and no autodiff tape) through it.
+        def target_of(latents_, noise_, text_embeddings_, *c2w_):
+            out_ = self.compute_target(latents_, t, noise_, text_embeddings_, c2w_[0] if c2w_ else None, fovy)
+            return out_["target"], out_["grad_norm"]
+
+        inputs = (ops.stop_gradient(latents), noise, text_embeddings) + (() if c2w is None else (c2w,))
         with ms._no_grad():
-            out = self.compute_target(ops.stop_gradient(latents), t, noise, text_embeddings, c2w, fovy)
-        target = ops.stop_gradient(out["target"])
+            target, grad_norm = _Untaped(target_of)(*inputs)
+        out = {"target": target, "grad_norm": grad_norm}
+        target = ops.stop_gradient(target)
 
         diff = latents - target
         loss = 0.5 * (diff * diff).sum() / batch_size
