@@ -46,6 +46,17 @@ def sds_call(guidance, golden, latents, **kwargs):
                     text_embeddings=Tensor(golden["text_embeddings"]), **kwargs)
 
 
+def check_loss_and_grad(guidance, golden, latents, noise, prefix):
+    """Loss, grad_norm and d loss / d latents of the latent-input call vs ``<prefix>_*`` goldens."""
+    def loss_fn(x):
+        return sds_call(guidance, golden, x, input_is_latent=True, noise=noise)["loss_sds"]
+    result = sds_call(guidance, golden, latents, input_is_latent=True, noise=noise)
+    check(result["loss_sds"], golden[f"{prefix}_loss"], RTOL_LOSS, f"{prefix}_loss")
+    check(result["grad_norm"], golden[f"{prefix}_grad_norm"], RTOL_LOSS, f"{prefix}_grad_norm")
+    check(ms.grad(loss_fn)(latents), golden[f"{prefix}_grad"], RTOL, f"{prefix}_grad")
+    return result
+
+
 def test_x0_sds_matches_original(guidance, golden):
     assert int(golden["t"]) == 600 and float(golden["guidance_scale"]) == 50
     latents, noise = Tensor(golden["latents"]), Tensor(golden["noise"])
@@ -62,12 +73,7 @@ def test_x0_sds_matches_original(guidance, golden):
                             ("target", "recon_latents_recon", RTOL)]:
         check(out[name], golden[key], rtol, key)
 
-    def loss_fn(x):
-        return sds_call(guidance, golden, x, input_is_latent=True, noise=noise)["loss_sds"]
-    result = sds_call(guidance, golden, latents, input_is_latent=True, noise=noise)
-    check(result["loss_sds"], golden["recon_loss"], RTOL_LOSS, "recon_loss")
-    check(result["grad_norm"], golden["recon_grad_norm"], RTOL_LOSS, "recon_grad_norm")
-    check(ms.grad(loss_fn)(latents), golden["recon_grad"], RTOL, "recon_grad")
+    result = check_loss_and_grad(guidance, golden, latents, noise, "recon")
     assert result["timestep"] == 600
 
 
@@ -80,12 +86,7 @@ def test_plain_sds_matches_original(parity_dir, golden):
     check(out["noise_pred"], golden["sds_noise_pred_cfg"], RTOL, "sds_noise_pred_cfg")
     check(out["grad"], golden["sds_grad_var"], RTOL, "sds_grad_var")
 
-    def loss_fn(x):
-        return sds_call(guidance, golden, x, input_is_latent=True, noise=noise)["loss_sds"]
-    result = sds_call(guidance, golden, latents, input_is_latent=True, noise=noise)
-    check(result["loss_sds"], golden["sds_loss"], RTOL_LOSS, "sds_loss")
-    check(result["grad_norm"], golden["sds_grad_norm"], RTOL_LOSS, "sds_grad_norm")
-    check(ms.grad(loss_fn)(latents), golden["sds_grad"], RTOL, "sds_grad")
+    check_loss_and_grad(guidance, golden, latents, noise, "sds")
 
 
 def test_rgb_path_matches_original(guidance, golden):
