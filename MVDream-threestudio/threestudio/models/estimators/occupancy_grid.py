@@ -12,6 +12,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
+from threestudio.utils.shape_buckets import call_bucketed
+
 # Rays handled at once by the NumPy marcher (bounds host memory: ~100 segments per ray).
 _RAY_CHUNK = 1 << 15
 
@@ -232,7 +234,8 @@ class OccupancyGrid(nn.Cell):
         x = (self._grid_coords[indices] + np.random.rand(indices.size, 3)) / res
         x = (aabb[:3] + x * (aabb[3:] - aabb[:3])).astype(np.float32)
         with ms._no_grad():
-            occ = _to_numpy(occ_eval_fn(Tensor(x))).reshape(-1)
+            # after warm-up the number of cells varies per update: bucket it (see shape_buckets)
+            occ = call_bucketed(lambda rows: occ_eval_fn(Tensor(rows)), x).reshape(-1)
         occs = self.occs.asnumpy().copy()
         cur = occs[indices]
         # negative occupancies mark cells excluded for good (nerfacc convention)
