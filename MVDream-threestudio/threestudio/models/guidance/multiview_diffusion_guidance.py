@@ -157,8 +157,9 @@ class MultiviewDiffusionGuidance(BaseModule):
         seed: Optional[int] = None  # seed of the guidance's own random draws (None: from NumPy's global RNG)
         # >0: differentiate the VAE encoder this many images at a time (the forward keeps no
         # activations, the backward re-encodes chunk by chunk): ~1/B of the memory for one extra
-        # VAE forward. 8 images at 256x256 need ~20 GB of activations in one piece.
-        vae_grad_chunk_size: int = 0
+        # VAE forward. 8 images at 256x256 need ~20 GB of activations in one piece. 0: in one
+        # piece (the original); None: auto, 1 on CPU (host memory) and 0 elsewhere.
+        vae_grad_chunk_size: Optional[int] = None
 
     cfg: Config
 
@@ -271,6 +272,8 @@ class MultiviewDiffusionGuidance(BaseModule):
             posterior_noise = self._normal((imgs.shape[0], channels, imgs.shape[2] // factor,
                                             imgs.shape[3] // factor))
         chunk = self.cfg.vae_grad_chunk_size
+        if chunk is None:
+            chunk = 1 if ms.get_context("device_target") == "CPU" else 0
         if 0 < chunk < imgs.shape[0]:
             return _ChunkedVAEGrad(self._encode, chunk)(imgs, posterior_noise)
         return self._encode(imgs, posterior_noise)

@@ -7,13 +7,15 @@ compositing run in MindSpore, so gradients reach geometry, material and backgrou
 from dataclasses import dataclass
 from typing import Optional
 
+import mindspore as ms
 import numpy as np
-from mindspore import Tensor, ops
+from mindspore import Tensor, nn, ops
 
 import threestudio
 from threestudio.models.estimators.occupancy_grid import OccupancyGrid
 from threestudio.models.renderers.base import VolumeRenderer
 from threestudio.models.renderers.volume_rendering import PackedLayout, composite
+from threestudio.utils.shape_buckets import bucket_size, call_bucketed, pad_rows
 
 
 def chunk_batch(fn, chunk_size: int, *args, **kwargs):
@@ -37,6 +39,16 @@ def chunk_batch(fn, chunk_size: int, *args, **kwargs):
     return ops.concat(outs)
 
 
+def _pad_samples(ray_indices: np.ndarray, t_starts: np.ndarray, t_ends: np.ndarray):
+    """Pad packed samples to a bucketed count (see ``shape_buckets``) with zero-length copies of
+    the last sample: alpha = 1 - exp(-sigma * 0) = 0, so they add exactly nothing to any read-out
+    or gradient, and the packing stays sorted by ray."""
+    size = bucket_size(ray_indices.size)
+    t_starts = pad_rows(t_starts, size)
+    t_ends = np.concatenate([t_ends, t_starts[t_ends.size:]])
+    return pad_rows(ray_indices, size), t_starts, t_ends
+
+
 # outputs of _render_rays that are per ray (the rest are per packed sample)
 _PER_RAY = ("opacity", "depth", "z_variance", "comp_rgb_fg", "comp_normal")
 
@@ -44,6 +56,58 @@ _PER_RAY = ("opacity", "depth", "z_variance", "comp_rgb_fg", "comp_normal")
 def _normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     # torch.nn.functional.normalize: x / max(||x||, eps)
     return x / ops.clamp(ops.norm(x, dim=-1, keepdim=True), min=eps)
+
+
+# auto grad_chunk_size on CPU: one 64x64 x 8 training batch in one piece, 256x256 x 4 in 8 chunks
+_CPU_GRAD_CHUNK_RAYS = 32768
+
+
+def _slice_samples(samples, start: int, stop: int):
+    """The packed samples of rays ``start .. stop - 1``, with chunk-local ray indices."""
+    ray_np, t_starts, t_ends = samples
+    lo, hi = np.searchsorted(ray_np, [start, stop])
+    return ray_np[lo:hi] - start, t_starts[lo:hi], t_ends[lo:hi]
+
+
+class _ChunkedRayGrad(nn.Cell):
+    """Training render of the per-ray read-outs with bounded autodiff memory.
+
+    The forward pass renders chunk by chunk without a tape; the backward pass re-renders each
+    chunk of ``chunk`` rays under ``mindspore.grad`` and sums the parameter gradients. A custom
+    bprop cannot give gradients to Parameters it merely uses, so the geometry's and material's
+    Parameters are passed in as inputs and receive theirs as input gradients. Same values as
+    one-piece autodiff; gradients equal up to float summation order.
+    """
+
+    def __init__(self, renderer, samples, chunk: int, params, kwargs):
+        super().__init__()
+        self._renderer = [renderer]  # in a list: not a child cell
+        self.samples, self.chunk, self.params, self.kwargs = samples, chunk, list(params), kwargs
+        self.keys = None
+
+    def _chunk_outputs(self, rays_o, rays_d, light_positions, start):
+        stop = min(start + self.chunk, rays_o.shape[0])
+        out = self._renderer[0]._render_rays(
+            rays_o[start:stop], rays_d[start:stop], light_positions[start:stop],
+            samples=_slice_samples(self.samples, start, stop), **self.kwargs)
+        return {k: out[k] for k in _PER_RAY if k in out}
+
+    def construct(self, rays_o, rays_d, light_positions, *params):
+        with ms._no_grad():
+            parts = [self._chunk_outputs(rays_o, rays_d, light_positions, s)
+                     for s in range(0, rays_o.shape[0], self.chunk)]
+        self.keys = list(parts[0])
+        return tuple(ops.stop_gradient(ops.concat([p[k] for p in parts])) for k in self.keys)
+
+    def bprop(self, rays_o, rays_d, light_positions, *args):
+        douts = args[-1]
+        grads = [ops.zeros_like(p) for p in self.params]
+        for start in range(0, rays_o.shape[0], self.chunk):
+            def weighted_sum(start=start):
+                out = self._chunk_outputs(rays_o, rays_d, light_positions, start)
+                return sum((out[k] * d[start:start + self.chunk]).sum() for k, d in zip(self.keys, douts))
+            grads = [g + d for g, d in zip(grads, ms.grad(weighted_sum, None, self.params)())]
+        return (ops.zeros_like(rays_o), ops.zeros_like(rays_d), ops.zeros_like(light_positions), *grads)
 
 
 @threestudio.register("nerf-volume-renderer")
@@ -56,6 +120,11 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
         near_plane: float = 0.0
         far_plane: float = 1e10
+
+        # Port option: rays per piece of the training backward pass (0: all at once, as the
+        # original; None: auto, 32768 on CPU and 0 elsewhere). A 256x256 x 4 render takes ~20 GB
+        # of autodiff memory in one piece. Per-ray read-outs only: no per-sample training outputs.
+        grad_chunk_size: Optional[int] = None
 
         return_comp_normal: bool = False
         return_normal_perturb: bool = False
@@ -104,9 +173,10 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
         def sigma_fn(t_starts, t_ends, ray_indices):
             t_mid = (t_starts + t_ends)[:, None] * 0.5
-            positions = Tensor((rays_o[ray_indices] + rays_d[ray_indices] * t_mid).astype(np.float32))
+            positions = (rays_o[ray_indices] + rays_d[ray_indices] * t_mid).astype(np.float32)
             chunk = 0 if self.training else self.cfg.eval_chunk_size
-            return chunk_batch(self.geometry.forward_density, chunk, positions)[:, 0]
+            return call_bucketed(lambda rows: chunk_batch(self.geometry.forward_density, chunk, Tensor(rows)),
+                                 positions)[:, 0]
 
         return self.estimator.sampling(
             rays_o, rays_d,
@@ -120,17 +190,24 @@ class NeRFVolumeRenderer(VolumeRenderer):
             early_stop_eps=1e-4 if grid_prune else 0.0,
         )
 
-    def _render_rays(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor, **kwargs) -> dict:
-        """Render flattened rays ``[N, 3]``; per-ray outputs ``[N, C]`` plus packed samples."""
-        n_rays = rays_o.shape[0]
+    def _sample_and_count(self, rays_o: Tensor, rays_d: Tensor):
         ray_np, t_starts_np, t_ends_np = self._sample(rays_o.asnumpy(), rays_d.asnumpy())
-        for key, value in (("n_rays", n_rays), ("n_marched", self.estimator.last_num_marched),
+        for key, value in (("n_rays", rays_o.shape[0]), ("n_marched", self.estimator.last_num_marched),
                            ("n_grid", self.estimator.last_num_grid), ("n_samples", ray_np.size)):
             self.stats[key] = self.stats.get(key, 0) + value
+        return ray_np, t_starts_np, t_ends_np
+
+    def _render_rays(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor, samples=None,
+                     **kwargs) -> dict:
+        """Render flattened rays ``[N, 3]``; per-ray outputs ``[N, C]`` plus packed samples.
+        ``samples``: packed ``(ray_indices, t_starts, t_ends)`` to use instead of sampling."""
+        n_rays = rays_o.shape[0]
+        ray_np, t_starts_np, t_ends_np = samples if samples is not None else self._sample_and_count(rays_o, rays_d)
         if ray_np.size == 0:
             # as threestudio's validate_empty_rays: one zero-length sample keeps shapes valid
             ray_np, t_starts_np, t_ends_np = (np.zeros(1, np.int64), np.zeros(1, np.float32),
                                               np.zeros(1, np.float32))
+        ray_np, t_starts_np, t_ends_np = _pad_samples(ray_np, t_starts_np, t_ends_np)
         layout = PackedLayout(ray_np, n_rays)
         ray_indices = layout.ray_indices
         t_starts, t_ends = Tensor(t_starts_np)[:, None], Tensor(t_ends_np)[:, None]
@@ -176,7 +253,10 @@ class NeRFVolumeRenderer(VolumeRenderer):
                                       (batch_size, height * width, 3)).reshape(-1, 3)
         self.stats = {}
 
-        if self.training:
+        grad_chunk = self.grad_chunk_size
+        if self.training and 0 < grad_chunk < n_rays:
+            res = self._render_rays_chunked_grad(rays_o_flat, rays_d_flat, light_flat, grad_chunk, **kwargs)
+        elif self.training:
             res = self._render_rays(rays_o_flat, rays_d_flat, light_flat, **kwargs)
         else:
             # bound memory: sample and composite ``eval_chunk_size`` rays at a time
@@ -217,6 +297,24 @@ class NeRFVolumeRenderer(VolumeRenderer):
             # packed per-sample tensors (weights, t_points, ..., geometry outputs) for the losses
             out.update({k: v for k, v in res.items() if k not in _PER_RAY})
         return out
+
+    @property
+    def grad_chunk_size(self) -> int:
+        size = self.cfg.grad_chunk_size
+        if size is None:  # auto: bound host memory on CPU, the original's one-piece autodiff elsewhere
+            size = _CPU_GRAD_CHUNK_RAYS if ms.get_context("device_target") == "CPU" else 0
+        return int(size)
+
+    def _render_rays_chunked_grad(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor, chunk: int,
+                                  **kwargs) -> dict:
+        """Per-ray read-outs of a training render whose backward pass holds the activations of
+        ``chunk`` rays at a time (see ``_ChunkedRayGrad``). The samples are drawn once, so the
+        chunks re-render exactly the samples of the forward pass."""
+        samples = self._sample_and_count(rays_o, rays_d)
+        params = self.geometry.trainable_params() + self.material.trainable_params()
+        cell = _ChunkedRayGrad(self, samples, chunk, params, kwargs)
+        values = cell(rays_o, rays_d, light_positions, *params)
+        return dict(zip(cell.keys, values))
 
     # ------------------------------------------------------------------ grid updates
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
