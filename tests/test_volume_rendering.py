@@ -6,6 +6,7 @@ from mindspore import Tensor
 
 import threestudio
 from render_scene import ConstantBackground, SphereGeometry, TintMaterial, orbit_rays
+from threestudio.utils.shape_buckets import bucket_size
 from threestudio.models.renderers.volume_rendering import PackedLayout, composite
 
 
@@ -193,7 +194,9 @@ def test_training_render_gradients_reach_all_modules(rays):
         assert np.all(np.isfinite(g)) and np.abs(g).max() > 0, p.name
     out = renderer(*rays)
     m = out["ray_indices"].shape[0]
-    assert m == renderer.stats["n_samples"] > 0
+    # packed outputs are padded to a bucketed count with zero-length (zero-weight) samples
+    assert m == bucket_size(renderer.stats["n_samples"]) and renderer.stats["n_samples"] > 0
+    assert np.all(out["weights"].asnumpy()[renderer.stats["n_samples"]:] == 0)
     for key in ("weights", "t_points", "t_intervals", "t_dirs", "points", "normal", "density"):
         assert out[key].shape[0] == m, key
     assert out["comp_normal"].shape == (2, 32, 32, 3)
