@@ -174,7 +174,9 @@ class NeRFVolumeRenderer(VolumeRenderer):
         def sigma_fn(t_starts, t_ends, ray_indices):
             t_mid = (t_starts + t_ends)[:, None] * 0.5
             positions = (rays_o[ray_indices] + rays_d[ray_indices] * t_mid).astype(np.float32)
-            chunk = 0 if self.training else self.cfg.eval_chunk_size
+            # no autodiff here even in training: chunked, as all candidates at once at 256x256 x 4
+            # (~10M) take more than 24 GB of transient activations
+            chunk = self.cfg.eval_chunk_size
             return call_bucketed(lambda rows: chunk_batch(self.geometry.forward_density, chunk, Tensor(rows)),
                                  positions)[:, 0]
 
