@@ -89,7 +89,10 @@ def timed_steps(dm, system, trainer, first_step, iters, warmup):
     rows, samples = [], []
     system.set_train(True)
     try:
-        system.do_update_step(0, first_step - first_step % 16)  # an occupancy grid for this stage
+        # an occupancy grid for this stage: the warm-up update (every cell) of step 0, then the
+        # stage's last update, as when the stages run in order (--stages alone gives the same grid)
+        system.do_update_step(0, 0)
+        system.do_update_step(0, first_step - first_step % 16)
         for i in range(warmup + iters):
             step = first_step + 1 + i  # never a grid-update step (multiples of 16): timed apart
             batch = dm.train_dataset.collate_next(step)
