@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from mindspore import Parameter, Tensor, nn
 
-KEYS_TSV = Path(__file__).resolve().parents[1].parent / "shared" / "parity" / "tiny_mvdream.keys.tsv"
+KEYS_TSV = Path(__file__).resolve().parent / "fixtures" / "parity" / "tiny_mvdream.keys.tsv"
 
 
 def _keys(prefix, skip=()):

@@ -8,7 +8,10 @@ os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
 os.environ.setdefault("GLOG_v", "3")
 
 REPO = Path(__file__).resolve().parents[1]
-PARITY = REPO.parent / "shared" / "parity"
+# Reference data of the original PyTorch code, kept in the repository (see its README).
+PARITY = REPO / "tests" / "fixtures" / "parity"
+# The checkout's own packages first, so a second checkout never tests the installed one.
+sys.path.insert(0, str(REPO / "MVDream"))
 sys.path.insert(0, str(REPO / "MVDream-threestudio"))
 sys.path.insert(0, str(REPO / "tools"))
 
