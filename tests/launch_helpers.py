@@ -5,9 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import launch
 import threestudio
-from threestudio.utils.experiment import checkpoint_config, load_experiment, trainer_config
+from threestudio.utils.experiment import checkpoint_config, load_experiment, seed_everything, trainer_config
 from threestudio.utils.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +24,7 @@ def build_tiny(trial_dir, overrides=(), config=TINY):
     """(cfg, data module, system, trainer) as launch.py builds them for a training run (seeded
     the same way: the random init of the guidance is never checkpointed)."""
     cfg, _, _ = load_experiment(str(config), list(overrides))
-    launch.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed)
     dm.setup()
     tcfg = trainer_config(cfg)
