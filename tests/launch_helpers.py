@@ -1,6 +1,7 @@
 """The tiny config (real modules, random-weight tiny MVDream): run launch.py in a subprocess,
 or build its data module / system / trainer in-process."""
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,17 @@ def run_launch(args, cwd, timeout=300):
                                            os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-W", "ignore", str(LAUNCH), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def launch_main(argv) -> int:
+    """Run launch.py in this process as its command line would (``python launch.py *argv``),
+    without importing it as a module; returns the exit code."""
+    saved = sys.argv
+    sys.argv = [str(LAUNCH), *map(str, argv)]
+    try:
+        runpy.run_path(str(LAUNCH), run_name="__main__")
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0

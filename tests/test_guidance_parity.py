@@ -10,6 +10,8 @@ import threestudio
 from threestudio.models.guidance.multiview_diffusion_guidance import resize_bilinear
 from mvdream.model_zoo import ModelNotAvailableError
 
+pytestmark = [pytest.mark.parity]
+
 # README (e): losses rtol 1e-5; noise predictions, recon latents, gradients rtol 1e-4.
 RTOL_LOSS, RTOL = 1e-5, 1e-4
 
@@ -205,6 +207,8 @@ def test_chunked_vae_gradient_equals_plain(parity_dir, golden):
                             text_embeddings=Tensor(golden["text_embeddings"]))["loss_sds"]
         results.append(ms.value_and_grad(loss_fn)(Tensor(golden["rgb"])))
     (loss0, grad0), (loss1, grad1) = results
-    assert float(loss0.asnumpy()) == float(loss1.asnumpy())
-    assert np.abs(grad0.asnumpy()).max() > 0
-    np.testing.assert_allclose(grad1.asnumpy(), grad0.asnumpy(), rtol=0, atol=1e-7)
+    # mathematically equal fp32 paths: equal to a relative 1e-6 of the gradient's scale on any CPU
+    assert float(loss1.asnumpy()) == pytest.approx(float(loss0.asnumpy()), rel=1e-6)
+    scale = np.abs(grad0.asnumpy()).max()
+    assert scale > 0
+    np.testing.assert_allclose(grad1.asnumpy(), grad0.asnumpy(), rtol=1e-6, atol=1e-6 * scale)

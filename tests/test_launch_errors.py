@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-import launch
-from launch_helpers import run_launch, tiny_config
+from launch_helpers import launch_main, run_launch, tiny_config
 
 PROMPT = "system.prompt_processor.prompt=a cat"
 
@@ -17,7 +16,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _error_line(capsys, argv) -> str:
-    code = launch.main(argv)
+    code = launch_main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
     assert err and err[-1].startswith("error: "), err
@@ -57,6 +56,7 @@ def test_bad_flags_and_files(workdir, capsys):
     _nothing_created(workdir)
 
 
+@pytest.mark.e2e
 def test_foreign_checkpoint_subprocess(workdir):
     """A real process: a checkpoint from another model config is refused with exit code 1."""
     config = tiny_config(workdir)

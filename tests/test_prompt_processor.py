@@ -8,10 +8,17 @@ import threestudio
 from threestudio.models.prompt_processors.base import PromptProcessorOutput, set_default_text_encoder
 from threestudio.utils.config import ConfigError
 
+pytestmark = [pytest.mark.parity]
+
 PROMPT = "an astronaut riding a horse, 3d asset"  # the prompt of ldm_tiny.npz's `cond`
 
 
 @pytest.fixture(scope="module")
+
+def assert_close(actual, expected):
+    """fp32 results of mathematically equal computations: ~1e-6 of the values' scale."""
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+
 def guidance(parity_dir):
     return threestudio.find("multiview-diffusion-guidance")(
         {"config_path": str(parity_dir / "tiny_mvdream.yaml"), "ckpt_path": str(parity_dir / "tiny_mvdream.pt"),
@@ -44,9 +51,10 @@ def test_embeddings_and_disk_cache(guidance, parity_dir, tmp_path):
     assert encoder.calls == 1 and sorted(encoder.prompts) == sorted([PROMPT, ""] + vd)  # deduplicated, one batch
 
     # The embeddings are the model's own conditioning, and match PyTorch's (ldm_tiny.npz).
+    # (another batch composition: equal to fp32 rounding, not bit for bit, on other CPUs)
     model = guidance.model
-    np.testing.assert_array_equal(first.text_embeddings.asnumpy(), model.get_learned_conditioning([PROMPT]).asnumpy())
-    np.testing.assert_array_equal(first.text_embeddings_vd.asnumpy(), model.get_learned_conditioning(vd).asnumpy())
+    assert_close(first.text_embeddings.asnumpy(), model.get_learned_conditioning([PROMPT]).asnumpy())
+    assert_close(first.text_embeddings_vd.asnumpy(), model.get_learned_conditioning(vd).asnumpy())
     ldm = np.load(parity_dir / "ldm_tiny.npz")
     for actual, golden in [(first.text_embeddings, ldm["cond"]), (first.uncond_text_embeddings, ldm["uncond"])]:
         assert np.abs(actual.asnumpy() - golden).max() <= 1e-5 * np.abs(golden).max()
@@ -65,8 +73,7 @@ def test_embeddings_and_disk_cache(guidance, parity_dir, tmp_path):
     # Without an explicit encoder, the last configured guidance's is used (how the system builds it).
     default = make({**cfg, "prompt": "a cat"})
     assert default.text_encoder == guidance.encode_text and default.cache_key == key
-    np.testing.assert_array_equal(default.text_embeddings.asnumpy(),
-                                  model.get_learned_conditioning(["a cat"]).asnumpy())
+    assert_close(default.text_embeddings.asnumpy(), model.get_learned_conditioning(["a cat"]).asnumpy())
     # No encoder at all and nothing cached: a one-line error.
     set_default_text_encoder(None)
     try:

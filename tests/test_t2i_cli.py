@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = [pytest.mark.e2e]
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "MVDream" / "scripts" / "t2i.py"
 

@@ -183,7 +183,8 @@ def load_experiment(path: str, cli_args=(), fallback_prompt: Optional[str] = Non
 
 def prompt_is_missing(raw: DictConfig) -> bool:
     node = OmegaConf.select(raw, PROMPT_KEY.rsplit(".", 1)[0], default=None)
-    return isinstance(node, DictConfig) and "prompt" in node and OmegaConf.is_missing(node, "prompt")
+    # not `"prompt" in node`: that is False for a missing (???) value
+    return isinstance(node, DictConfig) and "prompt" in node.keys() and OmegaConf.is_missing(node, "prompt")
 
 
 def config_of_checkpoint(ckpt: str) -> Optional[str]:

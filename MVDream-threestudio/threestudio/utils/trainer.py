@@ -211,7 +211,7 @@ class Trainer:
         loss = float(loss.asnumpy())
         problem = None
         if not np.isfinite(loss):
-            problem = f"loss term {_nonfinite_term(system.train_log) or f'loss = {loss}'}"
+            problem = f"non-finite loss ({_nonfinite_term(getattr(system, 'train_log', {})) or f'loss = {loss}'})"
         else:
             name = _first_nonfinite(grads, self.param_names)
             if name is not None:
