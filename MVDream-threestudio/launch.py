@@ -62,8 +62,15 @@ class TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one ``error: ...`` line (exit 2), like every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; see --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description="Text-to-3D with MVDream (MindSpore threestudio).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None,

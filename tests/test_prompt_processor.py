@@ -13,12 +13,12 @@ pytestmark = [pytest.mark.parity]
 PROMPT = "an astronaut riding a horse, 3d asset"  # the prompt of ldm_tiny.npz's `cond`
 
 
-@pytest.fixture(scope="module")
-
 def assert_close(actual, expected):
     """fp32 results of mathematically equal computations: ~1e-6 of the values' scale."""
     np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
+
+@pytest.fixture(scope="module")
 def guidance(parity_dir):
     return threestudio.find("multiview-diffusion-guidance")(
         {"config_path": str(parity_dir / "tiny_mvdream.yaml"), "ckpt_path": str(parity_dir / "tiny_mvdream.pt"),

@@ -243,45 +243,49 @@ class Trainer:
         t0 = time.time()
         system.set_train(True)
         with deferred_signals() as received:
-            for step in range(start_step, stop_step):
-                batch = dm.train_dataset.collate_next(step)
-                system.set_step(0, step)
-                system.do_update_step(0, step)
-                global_step = step + 1
-                loss = self.train_step(system, batch, global_step)
-                if loss is None:
-                    skipped += 1
-                else:
-                    losses.append(loss)
-                system.set_step(0, global_step)
-                rate = (step + 1 - start_step) / max(time.time() - t0, 1e-9)
-                bar.set_postfix(loss="skipped" if loss is None else f"{loss:.4g}",
-                                res=f"{batch['height']}x{batch['width']}")
-                bar.update(1)
-                if cfg.log_every_n_steps and global_step % cfg.log_every_n_steps == 0:
-                    row = {"step": global_step, "loss": "" if loss is None else loss, "steps_per_s": round(rate, 4)}
-                    if cfg.skip_nonfinite_steps:
-                        row["skipped_steps"] = skipped
-                    self.metrics.log({**row, **{k: v for k, v in system.train_log.items() if k != "train/loss"}})
-                    logger.debug("step %d loss %s (%.2f step/s)", global_step, loss, rate)
-                if val_every and global_step % val_every == 0:
-                    self.validate(system, dm, global_step)
-                    system.set_train(True)
-                if every and global_step % every == 0:
-                    last_ckpt, saved_at = self.save(system, dm, global_step), global_step
-                if received:  # a signal arrived during this step: save at its boundary and stop
-                    bar.close()
-                    if saved_at != global_step:
-                        self.save(system, dm, global_step, periodic=False)
-                    raise TrainingInterrupted(received[0], global_step, self.last_checkpoint)
-        bar.close()
-        if skipped:
-            logger.warning("skipped %d of %d steps with a non-finite loss or gradient", skipped, stop_step - start_step)
-        if stop_step > start_step and losses:
-            logger.info("trained steps %d..%d: final loss %.6g, %.2f step/s", start_step + 1, stop_step,
-                        losses[-1], (stop_step - start_step) / max(time.time() - t0, 1e-9))
-        if saved_at != stop_step:
-            last_ckpt = self.save(system, dm, stop_step)
+            try:
+                for step in range(start_step, stop_step):
+                    batch = dm.train_dataset.collate_next(step)
+                    system.set_step(0, step)
+                    system.do_update_step(0, step)
+                    global_step = step + 1
+                    loss = self.train_step(system, batch, global_step)
+                    if loss is None:
+                        skipped += 1
+                    else:
+                        losses.append(loss)
+                    system.set_step(0, global_step)
+                    rate = (step + 1 - start_step) / max(time.time() - t0, 1e-9)
+                    bar.set_postfix(loss="skipped" if loss is None else f"{loss:.4g}",
+                                    res=f"{batch['height']}x{batch['width']}")
+                    bar.update(1)
+                    if cfg.log_every_n_steps and global_step % cfg.log_every_n_steps == 0:
+                        row = {"step": global_step, "loss": "" if loss is None else loss, "steps_per_s": round(rate, 4)}
+                        if cfg.skip_nonfinite_steps:
+                            row["skipped_steps"] = skipped
+                        self.metrics.log({**row, **{k: v for k, v in system.train_log.items() if k != "train/loss"}})
+                        logger.debug("step %d loss %s (%.2f step/s)", global_step, loss, rate)
+                    if val_every and global_step % val_every == 0:
+                        self.validate(system, dm, global_step)
+                        system.set_train(True)
+                    if every and global_step % every == 0:
+                        last_ckpt, saved_at = self.save(system, dm, global_step), global_step
+                    if received:  # a signal arrived during this step: save at its boundary and stop
+                        if saved_at != global_step:
+                            self.save(system, dm, global_step, periodic=False)
+                        raise TrainingInterrupted(received[0], global_step, self.last_checkpoint)
+            finally:
+                bar.close()  # before any error line
+            if skipped:
+                logger.warning("skipped %d of %d steps with a non-finite loss or gradient", skipped,
+                               stop_step - start_step)
+            if stop_step > start_step and losses:
+                logger.info("trained steps %d..%d: final loss %.6g, %.2f step/s", start_step + 1, stop_step,
+                            losses[-1], (stop_step - start_step) / max(time.time() - t0, 1e-9))
+            if saved_at != stop_step:
+                last_ckpt = self.save(system, dm, stop_step)
+        if received:  # arrived during the final save: it is complete, stop before the test renders
+            raise TrainingInterrupted(received[0], stop_step, last_ckpt)
         return {"losses": losses, "checkpoint": last_ckpt, "skipped": skipped}
 
     def _eval_loop(self, system, dataset, step_fn, desc: str, limit: Optional[int] = None) -> List[str]:
