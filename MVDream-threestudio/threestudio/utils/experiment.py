@@ -190,10 +190,11 @@ def prompt_is_missing(raw: DictConfig) -> bool:
 def config_of_checkpoint(ckpt: str) -> Optional[str]:
     """``<trial>/configs/parsed.yaml`` of a checkpoint at ``<trial>/ckpts/<name>.ckpt``, or None
     (a checkpoint copied out of its trial folder)."""
-    ckpt_dir = os.path.dirname(os.path.abspath(ckpt))
-    if os.path.basename(ckpt_dir) != "ckpts":
+    ckpt_dir = os.path.dirname(ckpt) or "."
+    if os.path.basename(os.path.abspath(ckpt_dir)) != "ckpts":
         return None
-    parsed = os.path.join(os.path.dirname(ckpt_dir), "configs", "parsed.yaml")
+    trial = os.path.dirname(ckpt_dir.rstrip("/")) or os.path.dirname(os.path.abspath(ckpt_dir))
+    parsed = os.path.join(trial, "configs", "parsed.yaml")  # relative when the checkpoint's path is
     return parsed if os.path.isfile(parsed) else None
 
 

@@ -177,7 +177,10 @@ class Trainer:
         n = sum(int(np.prod(p.shape)) for p in self.params)
         logger.info("optimising %d parameter tensors (%d values)", len(self.params), n)
 
-        self._grad_fn = ms.value_and_grad(system.training_loss, None, self.params)
+        def loss_fn(batch):  # looked up per call: tools may wrap system.training_loss for timing
+            return system.training_loss(batch)
+
+        self._grad_fn = ms.value_and_grad(loss_fn, None, self.params)
         names = {id(p): n for n, p in system.parameters_and_names()}
         self.param_names = [names.get(id(p), p.name) for p in self.params]
 
