@@ -155,6 +155,8 @@ def run(args, extras, logger) -> int:
         raise UsageError(f"--{'test' if args.test else 'export'} needs a checkpoint: resume=path/to/ckpts/last.ckpt")
     if args.train and trainer_cfg.max_steps < 0:
         raise UsageError("set trainer.max_steps")
+    if args.train and trainer_cfg.max_steps == 0:
+        raise UsageError("trainer.max_steps must be >= 1")
     check_data_config(cfg.data)
 
     from mvdream.runtime import setup_runtime
@@ -179,7 +181,10 @@ def run(args, extras, logger) -> int:
     trainer = Trainer(trainer_cfg, ckpt_cfg)
     start_step = 0
     if args.train:
-        trainer.setup_optimization(system)
+        try:
+            trainer.setup_optimization(system)
+        except (ValueError, TypeError) as err:  # MindSpore's optimizer checks its arguments
+            raise UsageError(f"system.optimizer: {str(err).strip().splitlines()[0]}") from None
     if ckpt is not None:
         start_step = restore_checkpoint(cfg.resume, *ckpt, system, trainer.optimizer, trainer.params,
                                         dm if args.train else None)

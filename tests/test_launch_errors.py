@@ -89,6 +89,8 @@ def test_more_bad_inputs_are_one_line_before_any_work(workdir, capsys):
         (["--config", "garbage.yaml", "--train", PROMPT], "cannot read config garbage.yaml"),
         (["--config", "list.yaml", "--train", PROMPT], "config list.yaml is not a mapping of keys"),
         (["--config", config, "--train", PROMPT, "trainer.precision=8"], "trainer.precision must be 32 or 16-mixed"),
+        (["--config", config, "--train", PROMPT, "seed=-1"], "seed must be in 0..4294967295, got -1"),
+        (["--config", config, "--train", PROMPT, "trainer.max_steps=0"], "trainer.max_steps must be >= 1"),
         (["--train", "--frobnicate"], "argument '--frobnicate' is neither a flag nor a key=value override"),
         (["--config", config, PROMPT], "one of the arguments --train --test --export is required"),
     ]

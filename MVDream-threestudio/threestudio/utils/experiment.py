@@ -95,6 +95,8 @@ class ExperimentConfig:
     def __post_init__(self):
         if not self.tag and not self.use_timestamp:
             raise ConfigError("either set a tag or keep use_timestamp=true")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"seed must be in 0..{2 ** 32 - 1}, got {self.seed}")
         # a timestamp given in the config (configs/parsed.yaml of a trial) selects that trial dir
         self.explicit_timestamp = self.timestamp is not None
         if self.timestamp is None:
