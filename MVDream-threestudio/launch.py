@@ -274,6 +274,39 @@ def run_export(cfg, raw, resolved, logger) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which saves first: threestudio.utils.trainer)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def route_signals_to_main_thread(signums=(signal.SIGINT, signal.SIGTERM)) -> None:
+    """Before MindSpore starts its threads: block ``signums`` in every thread and let one watcher
+    thread hand each to the main thread's Python handler (``_thread.interrupt_main``). MindSpore
+    registers its own SIGINT handler around its ops (it turned Ctrl-C into SIGTERM); this way
+    only Python's handlers see the signals. SIGTERM raises ``Terminated`` (one line, exit 143)."""
+    import _thread
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or any(
+            t.name == "signal-router" for t in threading.enumerate()):
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+
+    def route():
+        while True:
+            _thread.interrupt_main(signal.sigwait(signums))
+
+    threading.Thread(target=route, name="signal-router", daemon=True).start()
+
+
 def interrupted(err: KeyboardInterrupt) -> int:
     """One line for an interrupt; exit 128 + signal number (130 SIGINT, 143 SIGTERM)."""
     signum = getattr(err, "signum", signal.SIGINT)
@@ -318,12 +351,22 @@ def main(argv=None) -> int:
         sys.path.append(sibling)
     import mvdream.runtime  # noqa: F401  (MindSpore's environment, before MindSpore starts)
 
+    route_signals_to_main_thread()  # before MindSpore starts its threads
+
     args, extras = build_parser().parse_known_args(argv)
     logger = setup_logging(args.verbose)
     try:
         return run(args, extras, logger)
     except KeyboardInterrupt as err:  # Ctrl-C; TrainingInterrupted (SIGINT/SIGTERM in training)
-        return interrupted(err)
+        code = interrupted(err)
+        if getattr(err, "checkpoint", None) is None:
+            # raised in the middle of a MindSpore op: skip the interpreter's teardown, whose
+            # native destructors may then abort (files are complete: every write is atomic)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except Exception as err:  # one line for known errors, traceback otherwise (or with --verbose)
         if not isinstance(err, known_errors()):
             raise

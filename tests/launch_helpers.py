@@ -2,6 +2,7 @@
 or build its data module / system / trainer in-process."""
 import os
 import runpy
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,12 +49,14 @@ def run_launch(args, cwd, timeout=300):
 def launch_main(argv) -> int:
     """Run launch.py in this process as its command line would (``python launch.py *argv``),
     without importing it as a module; returns the exit code."""
-    saved = sys.argv
+    saved, mask, term = sys.argv, signal.pthread_sigmask(signal.SIG_BLOCK, []), signal.getsignal(signal.SIGTERM)
     sys.argv = [str(LAUNCH), *map(str, argv)]
     try:
         runpy.run_path(str(LAUNCH), run_name="__main__")
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    finally:
+    finally:  # launch.py routes SIGINT/SIGTERM through a thread: give pytest its own back
         sys.argv = saved
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGTERM, term)
     return 0

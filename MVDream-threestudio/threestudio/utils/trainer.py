@@ -61,6 +61,9 @@ def deferred_signals(signums=(signal.SIGINT, signal.SIGTERM)):
         if received:
             raise TrainingInterrupted(signum)
         received.append(signum)
+        # os.write, not logging: a handler may run while the logging lock is held
+        os.write(2, f"\n[INFO] {signal.Signals(signum).name}: saving ckpts/last.ckpt at the end of this step "
+                    "(send it again to stop at once)\n".encode())
 
     previous = {s: signal.signal(s, handler) for s in signums}
     try:
