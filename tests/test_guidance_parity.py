@@ -1,5 +1,5 @@
 """multiview-diffusion-guidance against the PyTorch goldens of the original forward
-(shared/parity/guidance_tiny.npz, section (e) of its README), with the tiny MVDream model
+(tests/fixtures/parity/guidance_tiny.npz, section (e) of its README), with the tiny MVDream model
 loaded from tiny_mvdream.pt, plus the guidance's bookkeeping (freezing, schedules, RNG)."""
 import numpy as np
 import mindspore as ms
