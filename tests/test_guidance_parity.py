@@ -7,7 +7,7 @@ import pytest
 from mindspore import Tensor, nn
 
 import threestudio
-from threestudio.models.guidance.multiview_diffusion_guidance import resize_bilinear
+from threestudio.utils.resize import resize_bilinear
 from mvdream.model_zoo import ModelNotAvailableError
 
 # README (e): losses rtol 1e-5; noise predictions, recon latents, gradients rtol 1e-4.

@@ -26,7 +26,7 @@ import threestudio
 
 from ..utils.base import Updateable
 from ..utils.checkpoint import CheckpointError, load_checkpoint
-from ..utils.config import ConfigError, config_to_primitive
+from ..utils.config import ConfigError, config_to_primitive, log_ignored_keys
 from ..utils.misc import C
 from ..utils.saving import SaverMixin
 from .optim import parse_optimizer
@@ -80,11 +80,12 @@ class BaseSystem(nn.Cell, Updateable, SaverMixin):
 
         self.cfg = parse_structured(self.Config, cfg, prefix="system")
         self.resumed = resumed
-        self.half_precision = str(precision) in ("16", "16-mixed")
+        self.precision = precision  # trainer.precision, for the modules that depend on it
         self.true_global_step = 0
         self.true_current_epoch = 0
         if self.cfg.scheduler is not None:
             raise ConfigError("system.scheduler (learning-rate schedules) is not supported yet; remove it")
+        log_ignored_keys(self.cfg, ("loggers", "cleanup_after_validation_step", "cleanup_after_test_step"), "system")
         self.configure()
         if self.cfg.weights is not None:
             self.load_weights(self.cfg.weights, self.cfg.weights_ignore_modules)
