@@ -15,11 +15,10 @@ import os
 import sys
 import time
 
-os.environ.setdefault("GLOG_v", "3")  # keep MindSpore's C++ log quiet
-
 from mvdream.checkpoint import (CheckpointError, load_checkpoint_file, save_state_dict,  # noqa: E402
                                 summarize_state_dict)
 from mvdream.checkpoint.files import WRITE_SUFFIXES, check_suffix  # noqa: E402
+from mvdream.runtime import setup_runtime  # noqa: E402
 
 
 def _human_bytes(n):
@@ -49,6 +48,7 @@ def convert(src, trgt, progress=True):
 
 def main(argv=None):
     args = parse_args(argv)
+    setup_runtime("CPU")
     start = time.time()
     try:
         tensors, values, nbytes = convert(args.src, args.trgt, progress=not args.no_progress)
