@@ -226,10 +226,15 @@ class BaseLift3DSystem(BaseSystem):
         before building any module)."""
         sections = {name: [getattr(cfg, f"{name}_type"), config_to_primitive(getattr(cfg, name))]
                     for name in cls.STATE_MODULES}
-        # isosurface_* only steer mesh export (e.g. --export with another resolution)
+        # isosurface_* only steer mesh export (e.g. --export with another resolution), and the
+        # hash grid's backend only how it is computed (every backend gives the same values)
         geometry = sections["geometry"][1]
         if isinstance(geometry, dict):
-            sections["geometry"][1] = {k: v for k, v in geometry.items() if not str(k).startswith("isosurface")}
+            geometry = {k: v for k, v in geometry.items() if not str(k).startswith("isosurface")}
+            if isinstance(geometry.get("pos_encoding_config"), dict):
+                geometry["pos_encoding_config"] = {k: v for k, v in geometry["pos_encoding_config"].items()
+                                                   if k != "backend"}
+            sections["geometry"][1] = geometry
         optimizer = config_to_primitive(cfg.optimizer) or {}
         sections["optimizer"] = [optimizer.get("name", "AdamW"), sorted((optimizer.get("params") or {}).keys())]
         return sections
