@@ -290,9 +290,11 @@ class MultiviewDiffusionGuidance(BaseModule):
     def construct(self, rgb, prompt_utils, elevation, azimuth, camera_distances, c2w, rgb_as_latents=False,
                   fovy=None, timestep=None, text_embeddings=None, input_is_latent=False, noise=None,
                   posterior_noise=None, **kwargs):
-        """x0-SDS loss of ``rgb`` [B, H, W, 3] in [0, 1] (or latents [B, 4, h, w] with
-        ``input_is_latent``). ``noise``/``posterior_noise``/``timestep`` replace the
-        random draws. Returns loss_sds, grad_norm, min_step, max_step, timestep."""
+        """x0-SDS loss of ``rgb`` (B, H, W, 3) in [0, 1] (or latents (B, 4, h, w) with
+        ``input_is_latent``); elevation, azimuth, camera_distances: (B,); c2w: (B, 4, 4);
+        ``text_embeddings`` (2B, 77, C) replace ``prompt_utils``'s. ``noise``/``posterior_noise``
+        (B, 4, h, w) / ``timestep`` replace the random draws. Returns loss_sds (scalar),
+        grad_norm (scalar), min_step, max_step, timestep (ints)."""
         cfg = self.cfg
         batch_size = rgb.shape[0]
         if batch_size % cfg.n_view != 0:
