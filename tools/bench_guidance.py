@@ -17,7 +17,6 @@ RSS so far (settings run from small to large).
 """
 import argparse
 import json
-import os
 import resource
 import sys
 import time

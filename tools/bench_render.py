@@ -20,7 +20,6 @@ machine use e.g. ``--views 8,1`` (one 256x256 view) and scale.
 """
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys

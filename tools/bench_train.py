@@ -20,7 +20,6 @@ RSS of the process so far (settings run from small to large) and, off CPU, peak 
 """
 import argparse
 import json
-import os
 import resource
 import sys
 import tempfile
