@@ -12,7 +12,7 @@ Which backend a grid uses: ``pos_encoding_config.backend`` (``auto``, ``ops`` or
 default ``auto``), overridden by the environment variable ``THREESTUDIO_HASHGRID_IMPL`` when it
 is set. ``auto`` depends on the device target: the C++ kernel on CPU (the pure-ops version when
 it cannot be built), pure ops elsewhere (a host ``.so`` is not a device kernel). Every backend
-gives the same outputs; the choice is logged.
+gives the same outputs; the choice is logged (debug level: `launch.py --verbose`).
 """
 import logging
 import os
@@ -144,7 +144,7 @@ def make_backend(layout: GridLayout, name: str = None, device_target: str = None
             except Exception as err:  # noqa: BLE001 - any build/load failure: try the next one
                 log.warning("hash grid backend '%s' unavailable (%s); falling back", candidate, err)
                 continue
-            log.info("hash grid backend: %s (auto on %s)", candidate, device_target)
+            log.debug("hash grid backend: %s (auto on %s)", candidate, device_target)
             return _BACKENDS[candidate](layout)
         raise RuntimeError("no hash grid backend available")
     if name not in _BACKENDS:
