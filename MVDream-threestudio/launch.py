@@ -34,9 +34,9 @@ key=value overrides (any config key), e.g.:
                                            (default true: a plain --train stops at the next
                                            data.resolution_milestones step and saves a checkpoint)
   system.guidance.half_precision_weights=false trainer.precision=32
-                                           fp32 guidance; fp16 if either is true / 16-mixed (the
-                                           original's default half_precision_weights=true; for
-                                           Ascend, ~3x slower on CPU)
+                                           fp32 guidance. half_precision_weights=true (the
+                                           default, as in the original) or trainer.precision=16-mixed:
+                                           fp16 guidance, for Ascend (~3x slower on CPU)
 
 Outputs: <exp_root_dir>/<name>/<tag>@<YYYYMMDD-HHMMSS>/ with configs/{raw,parsed}.yaml,
 ckpts/step<N>.ckpt + last.ckpt, save/ (validation and test images, video), metrics.csv, log.txt.
