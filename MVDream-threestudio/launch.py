@@ -37,7 +37,10 @@ key=value overrides (any config key), e.g.:
   trainer.stop_at_milestone=false          train straight through the resolution milestones
                                            (default true: a plain --train stops at the next
                                            data.resolution_milestones step and saves a checkpoint)
-  trainer.precision=32                     fp32 guidance (16-mixed: fp16, for Ascend; ~3x slower on CPU)
+  system.guidance.half_precision_weights=false trainer.precision=32
+                                           fp32 guidance. half_precision_weights=true (the
+                                           default, as in the original) or trainer.precision=16-mixed:
+                                           fp16 guidance, for Ascend (~3x slower on CPU)
   trainer.skip_nonfinite_steps=true        skip steps with a NaN/Inf loss or gradient (default: stop,
                                            keeping the last good checkpoint)
 
@@ -85,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_highres", action="store_true",
                         help="with --train and resume=CKPT: continue to trainer.max_steps (high-resolution stage)")
     parser.add_argument("--gif", action="store_true", help="with --test (or after training): also write a gif")
-    parser.add_argument("--device_target", default="CPU", choices=["CPU", "Ascend", "GPU"],
-                        help="MindSpore device (default: CPU); always PyNative mode")
+    parser.add_argument("--device_target", default=None, choices=["CPU", "Ascend", "GPU"],
+                        help="MindSpore device (default: the best present: Ascend, then GPU, then CPU; "
+                             "logged); always PyNative mode")
     parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks on errors")
     return parser
 
@@ -161,7 +165,7 @@ def run(args, extras, logger) -> int:
 
     from mvdream.runtime import setup_runtime
 
-    setup_runtime(args.device_target)
+    setup_runtime(args.device_target, report=logger.info)
     seed_everything(cfg.seed)
     if args.export:
         return run_export(cfg, raw, resolved, logger)
@@ -324,10 +328,6 @@ class UsageError(ValueError):
     """Wrong combination of command-line flags."""
 
 
-class NotImplementedYet(RuntimeError):
-    pass
-
-
 def known_errors():
     from omegaconf.errors import OmegaConfBaseException
 
@@ -340,7 +340,7 @@ def known_errors():
         from mvdream.checkpoint import CheckpointError as ModelCheckpointError
     except ImportError:  # pragma: no cover
         ModelCheckpointError = CheckpointError
-    return (UsageError, NotImplementedYet, ConfigError, MeshExportError, CheckpointError, ModelCheckpointError,
+    return (UsageError, ConfigError, MeshExportError, CheckpointError, ModelCheckpointError,
             NonFiniteError, OmegaConfBaseException, FileNotFoundError, KeyError)
 
 
@@ -349,8 +349,6 @@ def main(argv=None) -> int:
     sibling = os.path.join(os.path.dirname(HERE), "MVDream")  # the mvdream package, if not installed
     if os.path.isdir(sibling) and sibling not in sys.path:
         sys.path.append(sibling)
-    import mvdream.runtime  # noqa: F401  (MindSpore's environment, before MindSpore starts)
-
     route_signals_to_main_thread()  # before MindSpore starts its threads
 
     args, extras = build_parser().parse_known_args(argv)
@@ -374,7 +372,7 @@ def main(argv=None) -> int:
             traceback.print_exc(limit=-4)
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {str(message).splitlines()[0] if message else type(err).__name__}", file=sys.stderr)
-        return 2 if isinstance(err, NotImplementedYet) else 1
+        return 1
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from launch_helpers import build_tiny
-from threestudio.models.guidance.multiview_diffusion_guidance import resize_bilinear
+from threestudio.utils.resize import resize_bilinear
 
 pytestmark = [pytest.mark.slow]
 

@@ -16,6 +16,7 @@ from mindspore import Tensor, nn
 
 import threestudio
 from threestudio.systems.optim import parse_optimizer
+from threestudio.utils.autodiff import no_grad
 from threestudio.utils.base import Updateable
 from threestudio.utils.ops import get_ray_directions, get_rays, look_at_c2w, spherical_to_cartesian
 
@@ -132,7 +133,7 @@ def fit_and_evaluate():
 
     scene.set_train(False)
     test_o, test_d = cameras(test_elev, test_azim, SIZE)
-    with ms._no_grad():
+    with no_grad():
         pred = scene.renderer(Tensor(test_o), Tensor(test_d), Tensor(np.zeros((4, 3), np.float32)))["comp_rgb"]
     pred = pred.asnumpy()
     test_rgb, coverage = target_images(test_elev, test_azim)

@@ -20,15 +20,12 @@ RSS of the process so far (settings run from small to large) and, off CPU, peak 
 """
 import argparse
 import json
-import os
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
-os.environ.setdefault("GLOG_v", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "MVDream"), str(ROOT / "MVDream-threestudio"), str(Path(__file__).resolve().parent)]
 

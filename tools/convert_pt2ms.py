@@ -17,11 +17,10 @@ import signal
 import sys
 import time
 
-os.environ.setdefault("GLOG_v", "3")  # keep MindSpore's C++ log quiet
-
 from mvdream.checkpoint import (CheckpointError, load_checkpoint_file, save_state_dict,  # noqa: E402
                                 summarize_state_dict)
 from mvdream.checkpoint.files import WRITE_SUFFIXES, check_suffix  # noqa: E402
+from mvdream.runtime import setup_runtime  # noqa: E402
 
 
 def _human_bytes(n):
@@ -78,6 +77,7 @@ def _raise_interrupt(signum, frame):
 
 def main(argv=None):
     args = parse_args(argv)
+    setup_runtime("CPU")
     start = time.time()
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     try:

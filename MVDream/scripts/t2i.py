@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-import mvdream.runtime  # noqa: F401  (sets MindSpore's environment before it starts)
-
 
 class UsageError(ValueError):
     """Bad command-line input; reported as one line."""
@@ -48,7 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--fp16", action="store_true", help="run UNet and VAE in float16")
     parser.add_argument("--output", type=str, default="sample.png", help="grid PNG path")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    parser.add_argument("--device_target", type=str, default="CPU", choices=["CPU", "Ascend", "GPU"])
+    parser.add_argument("--device_target", type=str, default=None, choices=["CPU", "Ascend", "GPU"],
+                        help="MindSpore device (default: the best present: Ascend, then GPU, then CPU)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -127,7 +126,7 @@ def main(argv=None):
     from mvdream.ldm.models.diffusion.ddim import DDIMSampler
     from mvdream.t2i import t2i
 
-    setup_runtime(args.device_target)
+    setup_runtime(args.device_target, report=print)
     # Check the size against the config before loading gigabytes of weights.
     factor = downsampling_factor(args.model_name, args.config_path)
     if args.size % factor:

@@ -115,7 +115,9 @@ class TrainerConfig:
     num_sanity_val_steps: int = 0
     val_check_interval: Any = 1.0  # int: every N steps; float (Lightning's default 1.0): never
     enable_progress_bar: bool = True
-    precision: Any = 32  # 32 / "32" / "32-true" or 16 / "16" / "16-mixed"
+    # 32 / "32" / "32-true" or 16 / "16" / "16-mixed"; what it changes: the guidance's
+    # compute_in_fp16 (the only precision rule)
+    precision: Any = 32
     # Port option: a plain --train stops at the next data.resolution_milestones step (saving a
     # checkpoint there) so the high-resolution stage runs as `--train --train_highres resume=...`.
     # false: run straight through all milestones to max_steps in one process.
@@ -123,10 +125,6 @@ class TrainerConfig:
     # Port option: skip a step whose loss or gradient is not finite (logged, counted in
     # metrics.csv) instead of stopping the run (default: stop, keeping the last good checkpoint).
     skip_nonfinite_steps: bool = False
-
-    @property
-    def half_precision(self) -> bool:
-        return str(self.precision) in ("16", "16-mixed")
 
     def __post_init__(self):
         if str(self.precision) not in ("16", "16-mixed", "32", "32-true"):
