@@ -177,32 +177,24 @@ def run(args, extras, logger) -> int:
 
 
 def run_export(cfg, raw, resolved, logger) -> int:
-    """--export: mesh of the checkpoint's geometry (the guidance is never built). Everything
-    that can fail runs before the trial directory is created."""
+    """--export: ``system.exporter`` (threestudio's mesh-exporter keys) on the checkpoint's
+    geometry and material (the guidance is never built), as extract_color_mesh.py runs it.
+    Everything that can fail runs before the trial directory is created."""
     import threestudio  # noqa: F401 - registers the modules
-    from threestudio.utils import mesh_export as mx
-    from threestudio.utils.config import parse_structured
+    from threestudio.systems.trained_fields import build_exporter, load_trained_fields
+    from threestudio.utils import mesh_io
     from threestudio.utils.experiment import dump_configs, make_trial_dir
 
-    fields = mx.load_trained_fields(cfg.resume, cfg.system_type, cfg.system)
-    exporter = parse_structured(mx.MeshExporterConfig, fields.system_cfg.exporter)
-    ext = exporter.extension
+    fields = load_trained_fields(cfg.resume, cfg.system_type, cfg.system)
     if fields.system_cfg.exporter_type != "mesh-exporter":
         raise UsageError(f"system.exporter_type '{fields.system_cfg.exporter_type}' is not supported: use mesh-exporter")
-    gcfg = fields.geometry.cfg
-    if gcfg.isosurface_coarse_to_fine or gcfg.isosurface_method != "mt":
-        logger.debug("export: isosurface_method mt on one grid (no coarse-to-fine pass)")
-    min_faces = gcfg.isosurface_outlier_n_faces_threshold if gcfg.isosurface_remove_outliers else 0
-    mesh, threshold = mx.extract_color_mesh(fields.geometry, fields.material, gcfg.isosurface_resolution,
-                                            None, gcfg.isosurface_chunk or mx.DEFAULT_CHUNK,
-                                            min_component_faces=min_faces, progress=True)
+    exporter = build_exporter(fields)
+    asset = exporter(progress=True)
     trial_dir = make_trial_dir(cfg)
     dump_configs(trial_dir, raw, resolved, cfg)
     add_log_file(logger, os.path.join(trial_dir, "log.txt"))
-    output = mx.default_output(trial_dir, fields.global_step, exporter.save_name, ext)
-    mx.write_mesh(mx.to_y_up(mesh), output)
-    logger.info("mesh: %d vertices, %d faces (threshold %.6g, resolution %d) -> %s (y-up)",
-                len(mesh.vertices), len(mesh.faces), threshold, gcfg.isosurface_resolution, output)
+    output = mesh_io.default_output(trial_dir, fields.global_step, exporter.cfg.save_name, exporter.extension)
+    logger.info(exporter.summary(asset, exporter.write(asset, output)))
     return 0
 
 
