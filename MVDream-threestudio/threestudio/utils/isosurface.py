@@ -6,13 +6,15 @@ memory stays bounded at any resolution.
 
 Surface-only (coarse to fine): the points whose three indices are multiples of ``stride`` (and
 the last index) form a coarse sub-lattice of the same lattice; it is evaluated first. A block of
-``stride``^3 fine cells whose 8 coarse corners all lie on one side of the threshold is taken to
-hold no surface, unless it neighbours (``dilate`` blocks) one whose corners straddle it. Only the
+``stride``^3 fine cells whose 8 coarse corners all lie on one side of the threshold, further from
+it than the field changes between neighbouring coarse points there, is taken to hold no surface,
+unless it neighbours (``dilate`` blocks) one that may. Only the
 fine points of the remaining blocks are evaluated; the others get their block corner's value,
 which lies on the same side. Marching cubes on that field gives the same triangles as on the dense
 field, from the same exact values on every edge that crosses the surface (tests/test_mesh_export.py
-checks it). What it can miss: a piece of surface that lies entirely inside one block and its
-neighbours' corners (a floater smaller than ~``stride`` cells), which outlier removal drops anyway.
+checks it). What it can miss: a piece of surface that the coarse points do not see at all, e.g.
+a floater smaller than ~``stride`` cells in an otherwise flat region, which outlier removal drops
+anyway; ``surface_only: false`` evaluates everything.
 """
 from typing import Callable, Iterable, Optional, Tuple, Union
 
@@ -98,26 +100,48 @@ def coarse_indices(resolution: int, stride: int) -> np.ndarray:
     return np.unique(np.append(np.arange(0, resolution, stride), resolution - 1))
 
 
-def _active_blocks(inside: np.ndarray, dilate: int) -> np.ndarray:
-    """Blocks (between consecutive coarse points) whose corners straddle the level, dilated."""
-    n = np.array(inside.shape) - 1
-    any_in = np.zeros(tuple(n), bool)
-    all_in = np.ones(tuple(n), bool)
+def _shift_max(a: np.ndarray, out: np.ndarray):
+    """out = max(out, a shifted by one in each of the 6 axis directions)."""
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        np.maximum(out[tuple(lo)], a[tuple(hi)], out=out[tuple(lo)])
+        np.maximum(out[tuple(hi)], a[tuple(lo)], out=out[tuple(hi)])
+
+
+def _active_blocks(coarse: np.ndarray, level: float, dilate: int) -> np.ndarray:
+    """Blocks (between consecutive coarse points) that may hold the surface: their corners
+    straddle the level, or a corner is closer to it than the field varies between neighbouring
+    coarse points around it (a thin sheet or peak between two coarse planes); then dilated."""
+    n = tuple(np.array(coarse.shape) - 1)
+    inside = coarse > level
+    # per coarse point: the largest change to a neighbour, then the largest of that around it
+    variation = np.zeros(coarse.shape, np.float32)
+    for axis in range(3):
+        step = np.abs(np.diff(coarse, axis=axis))
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        np.maximum(variation[tuple(lo)], step, out=variation[tuple(lo)])
+        np.maximum(variation[tuple(hi)], step, out=variation[tuple(hi)])
+    spread = variation.copy()
+    _shift_max(variation, spread)
+    near = np.abs(coarse - level) <= spread
+    any_in = np.zeros(n, bool)
+    all_in = np.ones(n, bool)
+    any_near = np.zeros(n, bool)
     for dx in (0, 1):
         for dy in (0, 1):
             for dz in (0, 1):
-                corner = inside[dx:dx + n[0], dy:dy + n[1], dz:dz + n[2]]
-                any_in |= corner
-                all_in &= corner
-    active = any_in & ~all_in
+                corner = (slice(dx, dx + n[0]), slice(dy, dy + n[1]), slice(dz, dz + n[2]))
+                any_in |= inside[corner]
+                all_in &= inside[corner]
+                any_near |= near[corner]
+    active = (any_in & ~all_in) | any_near
     for _ in range(int(dilate)):
         grown = active.copy()
-        for axis in range(3):
-            lo = [slice(None)] * 3
-            hi = [slice(None)] * 3
-            lo[axis], hi[axis] = slice(0, -1), slice(1, None)
-            grown[tuple(lo)] |= active[tuple(hi)]
-            grown[tuple(hi)] |= active[tuple(lo)]
+        _shift_max(active, grown)
         active = grown
     return active
 
@@ -153,7 +177,7 @@ def evaluate_surface_grid(fn: Callable[[Tensor], Tensor], bbox: np.ndarray, reso
     w = np.bincount(np.searchsorted(ci, nearest), minlength=nc).astype(np.float64)
     level = resolve_threshold(coarse, threshold, w[:, None, None] * w[None, :, None] * w[None, None, :])
     check_level(float(coarse.min()), float(coarse.max()), level)
-    active = _active_blocks(coarse > level, dilate)
+    active = _active_blocks(coarse, level, dilate)
     lower, upper, corner = _point_blocks(r, ci)
     # fine points needed: those of an active block; built one x-plane at a time (bounded memory)
     needed = []

@@ -49,6 +49,7 @@ class ExportedMesh:
     extracted_faces: int  # before decimation
     evaluated_points: int  # density queries
     seconds: Dict[str, float]  # per stage
+    texture_mask: Optional[np.ndarray] = None  # [H, W] bool: baked texels (the rest is background)
 
 
 @threestudio.register("mesh-exporter")
@@ -176,12 +177,13 @@ class MeshExporter(Exporter):
             mesh.uv, mesh.uv_faces, _ = uv_atlas.unwrap_uv(mesh.vertices, mesh.faces, self.cfg.texture_size,
                                                            self.cfg.xatlas_chart_options, self.cfg.xatlas_pack_options)
             seconds["unwrap"] = time.time() - t
+        mask = None
         if self.textured and mesh.colors is not None:
             t = time.time()
-            mesh.texture, _ = uv_atlas.bake_texture(mesh.vertices, mesh.faces, mesh.uv, mesh.uv_faces,
+            mesh.texture, mask = uv_atlas.bake_texture(mesh.vertices, mesh.faces, mesh.uv, mesh.uv_faces,
                                                     self.cfg.texture_size, lambda p: self.albedo(p, progress))
             seconds["bake"] = time.time() - t
-        return ExportedMesh(to_y_up(mesh), level, auto, extracted, evaluated, seconds)
+        return ExportedMesh(to_y_up(mesh), level, auto, extracted, evaluated, seconds, mask)
 
     def write(self, asset: ExportedMesh, path: str, overwrite: bool = False) -> List[str]:
         """Encode and write the file set of ``path`` atomically; returns the paths written."""
