@@ -187,14 +187,10 @@ class MeshExporter(Exporter):
 
     def write(self, asset: ExportedMesh, path: str, overwrite: bool = False) -> List[str]:
         """Encode and write the file set of ``path`` atomically; returns the paths written."""
-        t = time.time()
         # (a geometry without features gives no colours, so no texture file either)
         paths = mesh_io.file_set(path, self.cfg.fmt, asset.mesh.texture is not None, self.cfg.texture_format)
-        mesh_io.check_outputs(paths, overwrite)
         files = mesh_io.encode_files(asset.mesh, paths, self.cfg.fmt, self.cfg.save_normal, self.cfg.texture_format)
-        written = mesh_io.write_files(files, overwrite)
-        asset.seconds["write"] = time.time() - t
-        return written
+        return mesh_io.write_files(files, overwrite)
 
     def summary(self, asset: ExportedMesh, paths: List[str]) -> str:
         m = asset.mesh
