@@ -81,6 +81,8 @@ class MeshExporter(Exporter):
     def configure(self, geometry, material, background=None) -> None:
         super().configure(geometry, material, background)
         validate_config(self.cfg)
+        if self.cfg.save_texture and self.cfg.fmt in ("obj", "ply"):
+            logger.info("fmt %s stores vertex colours, no texture (obj-mtl and glb hold one)", self.cfg.fmt)
 
     # ------------------------------------------------------------------ options
     @property
@@ -173,6 +175,9 @@ class MeshExporter(Exporter):
         if mesh.colors is None:
             logger.warning("the geometry has no features: the mesh has no colours")
         if self.unwrapped:
+            if len(mesh.faces) > 300_000:
+                logger.info("UV-unwrapping %d faces takes long; target_faces (e.g. 100000) is much faster",
+                            len(mesh.faces))
             t = time.time()
             mesh.uv, mesh.uv_faces, _ = uv_atlas.unwrap_uv(mesh.vertices, mesh.faces, self.cfg.texture_size,
                                                            self.cfg.xatlas_chart_options, self.cfg.xatlas_pack_options)
