@@ -14,7 +14,6 @@ from mindspore import Tensor
 
 import extract_color_mesh
 import launch
-import threestudio
 from test_mesh_export import THRESHOLD, exporter, known_fields, trial  # noqa: F401 - fixture
 from threestudio.utils import isosurface as iso
 from threestudio.utils import mesh_export as mx
