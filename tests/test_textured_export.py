@@ -225,3 +225,27 @@ def test_bad_options_one_line_nothing_left(trial, tmp_path, capsys):  # noqa: F8
     assert not (trial / "save").exists()
     assert sorted(os.listdir(tmp_path)) == ["afile", "locked", "outputs"]
     assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.obj")) and not list(tmp_path.rglob("*.png"))
+
+
+def test_file_set_is_written_all_or_nothing(tmp_path, monkeypatch):
+    """A failure while renaming the second file of obj + mtl + png takes back the first, the
+    temporaries and the directories the write created."""
+    from threestudio.utils import mesh_io
+
+    paths = mesh_io.file_set(str(tmp_path / "new" / "dir" / "m.obj"), "obj-mtl", True, "png")
+    files = {p: b"x" for p in paths}
+    real_replace, calls = os.replace, []
+
+    def failing_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(mesh_io.os, "replace", failing_replace)
+    with pytest.raises(mx.MeshExportError, match="No space left on device"):
+        mesh_io.write_files(files)
+    assert len(calls) == 2 and os.listdir(tmp_path) == []
+    monkeypatch.setattr(mesh_io.os, "replace", real_replace)
+    assert mesh_io.write_files(files) == paths and sorted(os.listdir(tmp_path / "new" / "dir")) == \
+        ["m.mtl", "m.obj", "m_texture_kd.png"]
