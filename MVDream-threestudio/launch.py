@@ -243,38 +243,31 @@ def check_data_config(data) -> None:
 
 
 def run_export(cfg, raw, resolved, logger) -> int:
-    """--export: mesh of the checkpoint's geometry (the guidance is never built). The output is
-    checked (and given a free name if one exists) and everything that can fail runs before the
-    trial directory is created."""
+    """--export: ``system.exporter`` (threestudio's mesh-exporter keys) on the checkpoint's
+    geometry and material (the guidance is never built), as extract_color_mesh.py runs it.
+    Everything that can fail runs before the trial directory is created."""
     import threestudio  # noqa: F401 - registers the modules
-    from threestudio.utils import mesh_export as mx
-    from threestudio.utils.config import parse_structured
+    from threestudio.systems.trained_fields import build_exporter, load_trained_fields
+    from threestudio.utils import mesh_io
     from threestudio.utils.experiment import choose_trial_dir, dump_configs, make_trial_dir
     from threestudio.utils.saving import free_name
 
-    fields = mx.load_trained_fields(cfg.resume, cfg.system_type, cfg.system)
-    exporter = parse_structured(mx.MeshExporterConfig, fields.system_cfg.exporter)
-    ext = exporter.extension
+    fields = load_trained_fields(cfg.resume, cfg.system_type, cfg.system)
     if fields.system_cfg.exporter_type != "mesh-exporter":
         raise UsageError(f"system.exporter_type '{fields.system_cfg.exporter_type}' is not supported: use mesh-exporter")
-    wanted = mx.default_output(choose_trial_dir(cfg), fields.global_step, exporter.save_name, ext)
+    exporter = build_exporter(fields)
+    # A new name when an earlier export is there; checked before the long part.
+    wanted = mesh_io.default_output(choose_trial_dir(cfg), fields.global_step, exporter.cfg.save_name,
+                                    exporter.extension)
     output = free_name(wanted)
-    mx.check_output(output)
+    mesh_io.check_outputs(exporter.files(output))
     if output != wanted:
         logger.warning("%s exists; writing %s instead", wanted, output)
-    gcfg = fields.geometry.cfg
-    if gcfg.isosurface_coarse_to_fine or gcfg.isosurface_method != "mt":
-        logger.debug("export: isosurface_method mt on one grid (no coarse-to-fine pass)")
-    min_faces = gcfg.isosurface_outlier_n_faces_threshold if gcfg.isosurface_remove_outliers else 0
-    mesh, threshold = mx.extract_color_mesh(fields.geometry, fields.material, gcfg.isosurface_resolution,
-                                            None, gcfg.isosurface_chunk or mx.DEFAULT_CHUNK,
-                                            min_component_faces=min_faces, progress=True)
+    asset = exporter(progress=True)
     trial_dir = make_trial_dir(cfg)
     dump_configs(trial_dir, raw, resolved, cfg)
     add_log_file(logger, os.path.join(trial_dir, "log.txt"))
-    mx.write_mesh(mx.to_y_up(mesh), output)
-    logger.info("mesh: %d vertices, %d faces (threshold %.6g, resolution %d) -> %s (y-up)",
-                len(mesh.vertices), len(mesh.faces), threshold, gcfg.isosurface_resolution, output)
+    logger.info(exporter.summary(asset, exporter.write(asset, output)))
     return 0
 
 
