@@ -46,6 +46,24 @@ def test_offline_without_cache_gives_clear_error(tmp_path, monkeypatch):
     assert "sd-v1.5-4view.pt" in str(err.value) and "system.guidance.ckpt_path=" in str(err.value)
 
 
+def test_unreachable_hub_gives_one_line_at_once(tmp_path, monkeypatch, capfd):
+    """No network and no cache: one line, without huggingface_hub's retry messages."""
+    import socket
+
+    from huggingface_hub import constants
+    with socket.socket() as s:  # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(ModelNotAvailableError) as err:
+        download_checkpoint("MVDream/MVDream", "sd-v2.1-base-4view.pt", cache_dir=tmp_path)
+    text = str(err.value)
+    assert "\n" not in text and "cannot be reached" in text and "--ckpt_path" in text
+    captured = capfd.readouterr()
+    assert "Retrying" not in captured.out + captured.err
+
+
 def test_offline_uses_the_cache(tmp_path, monkeypatch):
     # A file already in the hub cache layout is found without network.
     snapshot = tmp_path / "models--MVDream--MVDream" / "snapshots" / ("0" * 40)
