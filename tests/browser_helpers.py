@@ -131,9 +131,11 @@ def type_into(driver, elem_id, text, clear=True):
     """Type into the textbox/number input of the component ``elem_id``."""
     field = wait_for(lambda: driver.find_element("css selector", f"#{elem_id} textarea, #{elem_id} input"), 60,
                      f"the {elem_id} field")
-    if clear:
-        field.clear()
-    field.send_keys(text)
+    if clear:  # select all + delete, so the page sees the edit (WebElement.clear() fires no input event)
+        field.send_keys("\ue009", "a", "\ue000")
+        field.send_keys("\ue003")
+    if text:
+        field.send_keys(text)
     return field
 
 
