@@ -29,7 +29,10 @@ def chromium_paths():
     except ImportError:
         browser = None
     if not browser or not driver:
-        pytest.skip(f"browser tests need headless Chromium and selenium: {INSTALL}")
+        message = f"browser tests need headless Chromium and selenium: {INSTALL}"
+        if os.environ.get("MVDREAM_REQUIRE_BROWSER"):  # CI: must run
+            pytest.fail(message)
+        pytest.skip(message)
     return browser, driver
 
 
