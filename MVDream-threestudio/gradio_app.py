@@ -11,16 +11,18 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-_SIBLING = HERE.parent / "MVDream"  # the mvdream package, if not installed
-if _SIBLING.is_dir() and str(_SIBLING) not in sys.path:
-    sys.path.append(str(_SIBLING))
+import webapp_runs as runs  # next to this script, so on sys.path when it runs
 
-import webapp_runs as runs  # noqa: E402
+HERE = Path(__file__).resolve().parent
+
+
+def use_sibling_mvdream():
+    """Make the mvdream package importable from the checkout when it is not installed."""
+    sibling = HERE.parent / "MVDream"
+    if sibling.is_dir() and str(sibling) not in sys.path:
+        sys.path.append(str(sibling))
 
 
 def build_parser():
@@ -193,6 +195,7 @@ def build_demo(gr, manager, args):
 
 
 def main(argv=None):
+    use_sibling_mvdream()
     args = build_parser().parse_args(argv)
     from mvdream.webapp import launch, offline_environment
 

@@ -108,8 +108,17 @@ def quit_driver(driver):
     shutil.rmtree(driver.profile_dir, ignore_errors=True)
 
 
-def wait_for(predicate, timeout, what, poll=0.5):
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+@pytest.fixture(scope="module")
+def driver():
+    """One headless Chromium per test module (import this fixture into the module)."""
+    drv = make_driver()
+    yield drv
+    quit_driver(drv)
+
+
+def wait_for(predicate, timeout, what, poll=0.5, page=None):
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` (and, given a
+    ``page`` callable, what the page showed then)."""
     t0 = time.time()
     last = None
     while time.time() - t0 < timeout:
@@ -121,7 +130,8 @@ def wait_for(predicate, timeout, what, poll=0.5):
             if last:
                 return last
         time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+    shown = f"; page: {page()!r}" if page else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r}){shown}")
 
 
 def text_of(driver, elem_id):
@@ -145,3 +155,17 @@ def type_into(driver, elem_id, text, clear=True):
 def fetch(url):
     with urllib.request.urlopen(url, timeout=30) as r:
         return r.read()
+
+
+def save_screenshot(driver, name):
+    """With WEBAPP_SCREENSHOTS=<dir> (how docs/ was made), a full-page screenshot <dir>/<name>.png."""
+    folder = os.environ.get("WEBAPP_SCREENSHOTS")
+    if not folder:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, min(int(height) + 40, 2400))
+    time.sleep(1.5)  # let the layout and the 3D viewer settle
+    path = Path(folder) / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path

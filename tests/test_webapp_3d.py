@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser_helpers import REPO, AppServer, app_env, fetch, make_driver, quit_driver, text_of, type_into, wait_for
+from browser_helpers import driver  # noqa: F401  (the browser fixture)
+from browser_helpers import REPO, AppServer, app_env, fetch, save_screenshot, text_of, type_into, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 APP = REPO / "MVDream-threestudio" / "gradio_app.py"
@@ -28,13 +29,6 @@ def server(tmp_path_factory):
     srv.outputs = cwd / "outputs"
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def driver():
-    drv = make_driver()
-    yield drv
-    quit_driver(drv)
 
 
 def click(driver, elem_id):
@@ -125,7 +119,7 @@ def test_run_progress_queue_cancel_resume_video_mesh(server, driver, tmp_path):
     glb.write_bytes(fetch(next(h for h in links if urllib.parse.unquote(h).endswith(".glb"))))
     mesh = trimesh.load(glb, force="mesh")
     assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
-    driver.save_screenshot(str(tmp_path / "app3d.png"))
+    save_screenshot(driver, "webapp_text_to_3d")
 
 
 def test_errors_as_a_user_meets_them(server, driver):
@@ -146,7 +140,9 @@ def test_errors_as_a_user_meets_them(server, driver):
              == "mvdream-sd21.yaml", 30, "the config choice")
     type_into(driver, "overrides", "")
     click(driver, "start")
-    failed = wait_for(lambda: status(driver).startswith("error:") and status(driver), 120, "the checkpoint advice")
+    failed = wait_for(lambda: status(driver).startswith("error:") and status(driver), 240, "the checkpoint advice",
+                      page=lambda: (message(driver), status(driver), driver.find_element(
+                          "css selector", "#config input").get_attribute("value")))
     assert "sd-v2.1-base-4view.pt" in failed and "ckpt_path" in failed, failed
     assert server.proc.poll() is None
 

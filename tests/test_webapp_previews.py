@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser_helpers import REPO, AppServer, app_env, fetch, make_driver, quit_driver, text_of, type_into, wait_for
+from browser_helpers import driver  # noqa: F401  (the browser fixture)
+from browser_helpers import (REPO, AppServer, app_env, fetch, make_driver, quit_driver, save_screenshot, text_of,
+                             type_into, wait_for)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 APP = REPO / "MVDream" / "scripts" / "gradio_app.py"
@@ -22,13 +24,6 @@ def tiny_server(parity_dir, tmp_path_factory):
                              parity_dir / "tiny_mvdream.pt", "--size", 16, "--output_dir", cwd / "outputs"], cwd)
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def driver():
-    drv = make_driver()
-    yield drv
-    quit_driver(drv)
 
 
 def _grid_src(driver):
@@ -50,9 +45,10 @@ def test_generate_shows_the_t2i_images(tiny_server, driver, parity_dir, tmp_path
     shown = driver.execute_script("const i = document.querySelector('#grid img');"
                                   "return [i.naturalWidth, i.naturalHeight, i.complete];")
     assert shown == [64, 32, True]
-    assert "done in" in text_of(driver, "status")
+    assert "done in" in text_of(driver, "message")
     links = driver.find_elements("css selector", "#downloads a")
     assert len(links) == 1 + 2 * 4, "grid + each view offered for download"
+    save_screenshot(driver, "webapp_previews")
 
     # The same settings through t2i.py give the same pixels (one sampler, not a copy).
     out = tmp_path / "cli.png"
@@ -69,7 +65,7 @@ def test_empty_prompt_shows_a_one_line_error(tiny_server, driver):
     driver.get(tiny_server.url)
     type_into(driver, "prompt", "   ")
     driver.find_element("css selector", "#generate").click()
-    message = wait_for(lambda: "error:" in text_of(driver, "status") and text_of(driver, "status"), 60,
+    message = wait_for(lambda: "error:" in text_of(driver, "message") and text_of(driver, "message"), 60,
                        "the empty-prompt error")
     assert "prompt is empty" in message and "Traceback" not in driver.page_source
 

@@ -96,7 +96,7 @@ def save_previews(rows, output_dir, seed):
 
 def generate(holder, args, prompt, negative_prompt, seed, guidance_scale, steps, elevation, azimuth,
              use_camera, rows, progress):
-    """One click of Generate: returns (grid path, download paths, status line)."""
+    """One click of Generate: returns (grid path, download paths, message line)."""
     prompt = (prompt or "").strip()
     if not prompt:
         return None, None, "error: the prompt is empty; type what the object should be"
@@ -131,7 +131,8 @@ def build_demo(gr, holder, args):
                 "Luffy from one piece, head, super detailed, best quality, 4K, HD"]
     with gr.Blocks(title="MVDream multiview previews", analytics_enabled=False) as demo:
         gr.Markdown("## MVDream: multiview images from text and camera inputs")
-        status = gr.Markdown(holder.status(), elem_id="status")
+        status = gr.Markdown(holder.status(), elem_id="status")  # the model's state, refreshed
+        message = gr.Markdown("", elem_id="message")  # the answer to the last Generate
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(value="", label="prompt", elem_id="prompt",
@@ -157,8 +158,8 @@ def build_demo(gr, holder, args):
         def on_generate(*values, progress=gr.Progress()):
             return generate(holder, args, *values, progress=progress)
 
-        button.click(on_generate, inputs=inputs, outputs=[image, files, status], concurrency_limit=1)
-        prompt.submit(on_generate, inputs=inputs, outputs=[image, files, status], concurrency_limit=1)
+        button.click(on_generate, inputs=inputs, outputs=[image, files, message], concurrency_limit=1)
+        prompt.submit(on_generate, inputs=inputs, outputs=[image, files, message], concurrency_limit=1)
         gr.Timer(2.0).tick(holder.status, outputs=status, show_progress="hidden")
     return demo
 
