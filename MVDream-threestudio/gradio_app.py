@@ -191,6 +191,7 @@ def build_demo(gr, manager, args):
         refresh_btn.click(past_runs, None, past, **fast)
         config.change(on_config, config, steps, **fast)
         gr.Timer(args.poll).tick(refresh, view, outputs, **fast)
+        demo.load(past_runs, None, past, **fast)  # the list as it is when the page opens
     return demo
 
 

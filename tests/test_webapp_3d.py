@@ -61,8 +61,8 @@ def test_run_progress_queue_cancel_resume_video_mesh(server, driver, tmp_path):
 
     driver.get(server.url)
     type_into(driver, "prompt", "a red apple")
-    # a short schedule through the advanced overrides: stage 1 is steps 1-3, stage 2 steps 4-6
-    type_into(driver, "steps", "6")
+    # a short schedule through the advanced overrides: stage 1 is steps 1-3, stage 2 steps 4-10
+    type_into(driver, "steps", "10")
     open_advanced(driver)
     type_into(driver, "overrides", "data.resolution_milestones=[3]\ntrainer.val_check_interval=3")
     click(driver, "start")
@@ -95,7 +95,7 @@ def test_run_progress_queue_cancel_resume_video_mesh(server, driver, tmp_path):
     cancelled = wait_for(lambda: status(driver).startswith("cancelled") and status(driver), 60, "the cancel")
     # with launch.py saving on SIGINT the checkpoint is the cancelled step; before that, stage 1's (3)
     saved = int(re.search(r"checkpoint at step (\d+)", cancelled).group(1))
-    assert 3 <= saved < 6
+    assert 3 <= saved < 10
 
     click(driver, "resume")
     wait_for(lambda: "stage 2 (from step" in status(driver), 60, "the resumed stage 2")
@@ -120,6 +120,15 @@ def test_run_progress_queue_cancel_resume_video_mesh(server, driver, tmp_path):
     mesh = trimesh.load(glb, force="mesh")
     assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
     save_screenshot(driver, "webapp_text_to_3d")
+
+    # a fresh page reopens the run from the past-runs list: its video is back
+    trial = next(server.outputs.glob("mvdream-tiny/a_red_apple@*"))
+    driver.get(server.url)
+    type_into(driver, "past_runs", f"mvdream-tiny/{trial.name}" + ENTER)
+    click(driver, "open_run")
+    wait_for(lambda: status(driver).startswith("Opened mvdream-tiny/a_red_apple@"), 30, "the reopened run",
+             page=lambda: (message(driver), status(driver)))
+    wait_for(lambda: driver.find_elements("css selector", "#video video"), 30, "the reopened run's video")
 
 
 def test_errors_as_a_user_meets_them(server, driver):

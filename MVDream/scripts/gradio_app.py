@@ -148,7 +148,7 @@ def build_demo(gr, holder, args):
                 rows = gr.Slider(1, 8, value=2, step=1, label="rows", info="row r uses seed + r")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
-                image = gr.Image(label="views (rows x cameras)", type="filepath", format="png",
+                image = gr.Image(label="views (rows x cameras)", type="filepath", format="png", height=320,
                                  interactive=False, elem_id="grid")
                 files = gr.File(label="download: grid and each view", file_count="multiple",
                                 interactive=False, elem_id="downloads")
