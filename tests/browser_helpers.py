@@ -170,3 +170,9 @@ def save_screenshot(driver, name):
     path = Path(folder) / f"{name}.png"
     driver.save_screenshot(str(path))
     return path
+
+
+def foreign_requests(driver, base_url):
+    """URLs the page fetched from anywhere but the app itself (fonts, CDNs, analytics)."""
+    urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    return [u for u in urls if not u.startswith((base_url, "data:", "blob:"))]

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from browser_helpers import driver  # noqa: F401  (the browser fixture)
-from browser_helpers import REPO, AppServer, app_env, fetch, save_screenshot, text_of, type_into, wait_for
+from browser_helpers import (REPO, AppServer, app_env, fetch, foreign_requests, save_screenshot, text_of, type_into,
+                             wait_for)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 APP = REPO / "MVDream-threestudio" / "gradio_app.py"
@@ -98,8 +99,9 @@ def test_run_progress_queue_cancel_resume_video_mesh(server, driver, tmp_path):
     assert 3 <= saved < 10
 
     click(driver, "resume")
-    wait_for(lambda: "stage 2 (from step" in status(driver), 60, "the resumed stage 2")
-    wait_for(lambda: status(driver).startswith("finished"), 300, "the run to finish")
+    shows = lambda: (message(driver), status(driver), text_of(driver, "progress"))  # noqa: E731
+    wait_for(lambda: "stage 2 (from step" in status(driver), 120, "the resumed stage 2", page=shows)
+    wait_for(lambda: status(driver).startswith("finished"), 300, "the run to finish", page=shows)
 
     duration = wait_for(lambda: driver.execute_script(
         "const v = document.querySelector('#video video'); if (!v) return 0;"
@@ -120,6 +122,7 @@ def test_run_progress_queue_cancel_resume_video_mesh(server, driver, tmp_path):
     mesh = trimesh.load(glb, force="mesh")
     assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
     save_screenshot(driver, "webapp_text_to_3d")
+    assert foreign_requests(driver, server.url) == [], "the page (3D viewer included) must work offline"
 
     # a fresh page reopens the run from the past-runs list: its video is back
     trial = next(server.outputs.glob("mvdream-tiny/a_red_apple@*"))

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from browser_helpers import driver  # noqa: F401  (the browser fixture)
-from browser_helpers import (REPO, AppServer, app_env, fetch, make_driver, quit_driver, save_screenshot, text_of,
-                             type_into, wait_for)
+from browser_helpers import (REPO, AppServer, app_env, fetch, foreign_requests, make_driver, quit_driver,
+                             save_screenshot, text_of, type_into, wait_for)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 APP = REPO / "MVDream" / "scripts" / "gradio_app.py"
@@ -49,6 +49,7 @@ def test_generate_shows_the_t2i_images(tiny_server, driver, parity_dir, tmp_path
     links = driver.find_elements("css selector", "#downloads a")
     assert len(links) == 1 + 2 * 4, "grid + each view offered for download"
     save_screenshot(driver, "webapp_previews")
+    assert foreign_requests(driver, tiny_server.url) == [], "the page must work offline"
 
     # The same settings through t2i.py give the same pixels (one sampler, not a copy).
     out = tmp_path / "cli.png"
