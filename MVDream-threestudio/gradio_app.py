@@ -82,22 +82,24 @@ def build_demo(gr, manager, args):
             return snap, (snap["trial"] if snap else None)
         return None, view.get("trial")
 
-    def refresh(view):
-        """Every tick: status, progress and log always; images, video, mesh and files when changed."""
+    def refresh(view, shown):
+        """Every tick: status, progress and log always; images, video, mesh and files when changed.
+
+        It writes only ``shown`` (what the page displays), never ``view``: a tick that overlaps
+        a button press would otherwise put the old view back."""
         snap, trial = current_trial(view)
         status = status_text(snap, trial, exp_root)
         prog = runs.progress(trial) if trial else {}
         log = runs.log_tail(snap["log"]) if snap and snap["log"] else ""
-        if not trial:
-            return status, progress_text(prog) if prog else "", skip(), skip(), skip(), skip(), log, view
-        art = runs.artifacts(trial)
-        files = [*art["meshes"], *([art["video"]] if art["video"] else []), *([art["ckpt"]] if art["ckpt"] else [])]
-        shown = view.get("shown", {})
-        new = {"val": art["val_images"], "video": art["video"],
-               "mesh": next((m for m in art["meshes"] if m.endswith(".glb")), None), "files": files}
-        out = [new[k] if new[k] != shown.get(k) else skip() for k in ("val", "video", "mesh", "files")]
-        view = dict(view, shown=new)
-        return (status, progress_text(prog), *out, log, view)
+        new = {"val": [], "video": None, "mesh": None, "files": []}
+        if trial:
+            art = runs.artifacts(trial)
+            new = {"val": art["val_images"], "video": art["video"],
+                   "mesh": next((m for m in art["meshes"] if m.endswith(".glb")), None),
+                   "files": [*art["meshes"], *([art["video"]] if art["video"] else []),
+                             *([art["ckpt"]] if art["ckpt"] else [])]}
+        out = [new[k] if new[k] != shown.get(k, "unset") else skip() for k in ("val", "video", "mesh", "files")]
+        return (status, progress_text(prog) if trial else "", *out, log, new)
 
     def start(prompt, negative, config, steps, seed, overrides, continue_all, view):
         try:
@@ -105,7 +107,7 @@ def build_demo(gr, manager, args):
         except runs.RunError as err:
             return f"error: {err}", view
         job = manager.submit_new(argv, prompt.strip(), continue_all=bool(continue_all))
-        return f"submitted (job {job})", {"job": job, "trial": None, "shown": {}}
+        return f"submitted (job {job})", {"job": job, "trial": None}
 
     def cancel(view):
         if not view.get("job"):
@@ -120,7 +122,7 @@ def build_demo(gr, manager, args):
             job = manager.submit_resume(trial)
         except runs.RunError as err:
             return f"error: {err}", view
-        return f"resume submitted (job {job})", {"job": job, "trial": trial, "shown": {}}
+        return f"resume submitted (job {job})", {"job": job, "trial": trial}
 
     def reopen(choice, view):
         from mvdream.webapp import OutsideRootError, resolve_under
@@ -131,7 +133,7 @@ def build_demo(gr, manager, args):
             return f"error: refused: {err}", view
         if not (trial / "configs" / "parsed.yaml").is_file():
             return f"error: {choice} is not a run folder under the outputs folder", view
-        return f"Opened {trial.relative_to(exp_root)}.", {"job": None, "trial": str(trial), "shown": {}}
+        return f"Opened {trial.relative_to(exp_root)}.", {"job": None, "trial": str(trial)}
 
     def past_runs():
         return gr.update(choices=runs.list_trials(exp_root))
@@ -143,7 +145,8 @@ def build_demo(gr, manager, args):
 
     with gr.Blocks(title="MVDream text-to-3D", analytics_enabled=False) as demo:
         gr.Markdown("## MVDream text-to-3D (MindSpore threestudio)")
-        view = gr.State({"job": None, "trial": None, "shown": {}})
+        view = gr.State({"job": None, "trial": None})  # the run this page follows (set by the buttons)
+        shown = gr.State({})  # what the page displays now (set by the refresh)
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="prompt", placeholder="an astronaut riding a horse", elem_id="prompt")
@@ -181,7 +184,7 @@ def build_demo(gr, manager, args):
                                 interactive=False, elem_id="downloads")
                 log = gr.Textbox(label="log (last lines)", lines=6, max_lines=12, interactive=False, elem_id="log")
 
-        outputs = [status, prog, gallery, video, model, files, log, view]
+        outputs = [status, prog, gallery, video, model, files, log, shown]
         fast = dict(concurrency_limit=None, show_progress="hidden")
         start_btn.click(start, [prompt, negative, config, steps, seed, overrides, continue_all, view],
                         [message, view], **fast)
@@ -190,7 +193,7 @@ def build_demo(gr, manager, args):
         open_btn.click(reopen, [past, view], [message, view], **fast)
         refresh_btn.click(past_runs, None, past, **fast)
         config.change(on_config, config, steps, **fast)
-        gr.Timer(args.poll).tick(refresh, view, outputs, **fast)
+        gr.Timer(args.poll).tick(refresh, [view, shown], outputs, **fast)
         demo.load(past_runs, None, past, **fast)  # the list as it is when the page opens
     return demo
 

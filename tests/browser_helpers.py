@@ -163,9 +163,10 @@ def save_screenshot(driver, name):
     if not folder:
         return None
     Path(folder).mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("const c = document.querySelector('.gradio-container');"
-                                   "return c ? c.getBoundingClientRect().bottom : document.body.scrollHeight;")
-    driver.set_window_size(1280, min(int(height) + 40, 2400))
+    driver.set_window_size(1280, 700)  # the page fills the window: measure it in a short one
+    time.sleep(0.5)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, min(int(height) + 20, 2400))
     time.sleep(1.5)  # let the layout and the 3D viewer settle
     path = Path(folder) / f"{name}.png"
     driver.save_screenshot(str(path))

@@ -49,12 +49,12 @@ def offline_theme(gr):
     return gr.themes.Default(font=sans, font_mono=mono)
 
 
-def launch(demo, gr, args, allowed_paths=(), title=""):
+def launch(demo, gr, args, allowed_paths=(), title="", css=None):
     """Serve ``demo`` on args.host/args.port (blocking) with everything internet-bound off."""
     port = args.port or free_port(args.host)
     print(f"{title or 'app'}: http://{args.host}:{port}", flush=True)
     demo.launch(server_name=args.host, server_port=port, share=bool(args.share), inbrowser=False,
-                show_error=True, allowed_paths=[str(p) for p in allowed_paths], theme=offline_theme(gr),
+                show_error=True, allowed_paths=[str(p) for p in allowed_paths], theme=offline_theme(gr), css=css,
                 footer_links=[], ssr_mode=False, quiet=True, pwa=False, mcp_server=False)
 
 

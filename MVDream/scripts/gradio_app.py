@@ -189,7 +189,9 @@ def main(argv=None):
     import gradio as gr
 
     demo = build_demo(gr, holder, args).queue(default_concurrency_limit=1)
-    launch(demo, gr, args, allowed_paths=[args.output_dir], title="MVDream previews")
+    # small previews are scaled up to the box, pixels kept sharp
+    css = "#grid img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+    launch(demo, gr, args, allowed_paths=[args.output_dir], title="MVDream previews", css=css)
 
 
 def cli():
