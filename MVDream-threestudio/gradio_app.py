@@ -33,8 +33,8 @@ def build_parser():
     parser.add_argument("--config", default="mvdream-sd21.yaml", choices=runs.shipped_configs(),
                         help="config selected when the page opens (mvdream-tiny.yaml: a quick try)")
     parser.add_argument("--max_runs", type=int, default=1, help="trainings at the same time (default 1)")
-    parser.add_argument("--device_target", default="CPU", choices=["CPU", "Ascend", "GPU"],
-                        help="passed to launch.py")
+    parser.add_argument("--device_target", default=None, choices=["CPU", "Ascend", "GPU"],
+                        help="passed to launch.py (default: its own choice, the best device present)")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between page updates")
     return add_server_args(parser)
 

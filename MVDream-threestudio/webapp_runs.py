@@ -292,7 +292,7 @@ class Job:
 class RunManager:
     """At most ``max_running`` jobs run at once; the others wait in order."""
 
-    def __init__(self, exp_root, log_dir, max_running=1, python=sys.executable, env=None, device_target="CPU"):
+    def __init__(self, exp_root, log_dir, max_running=1, python=sys.executable, env=None, device_target=None):
         self.exp_root = Path(exp_root).resolve()
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -435,10 +435,8 @@ class RunManager:
     def _child(self, job, label, script, argv):
         log = self.log_dir / f"job{job.id}-{len(job.children) + 1}.log"
         cmd = [self.python, "-W", "ignore", str(script), *argv]
-        if script == LAUNCH:
+        if self.device_target:
             cmd.insert(4, f"--device_target={self.device_target}")
-        else:
-            cmd.append(f"--device_target={self.device_target}")
         with self.lock:
             if job.state != "running":
                 return 130

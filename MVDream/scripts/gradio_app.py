@@ -12,8 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import mvdream.runtime  # noqa: F401  (sets MindSpore's environment before it starts)
-
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -25,7 +23,8 @@ def build_parser():
     parser.add_argument("--num_frames", type=int, default=4, help="views per object")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--fp16", action="store_true", help="run UNet and VAE in float16")
-    parser.add_argument("--device_target", type=str, default="CPU", choices=["CPU", "Ascend", "GPU"])
+    parser.add_argument("--device_target", type=str, default=None, choices=["CPU", "Ascend", "GPU"],
+                        help="MindSpore device (default: the best present: Ascend, then GPU, then CPU)")
     parser.add_argument("--output_dir", type=str, default="outputs/previews",
                         help="where the grids and views are written (default outputs/previews)")
     from mvdream.webapp import add_server_args
@@ -183,7 +182,7 @@ def main(argv=None):
     offline_environment()
     from mvdream.runtime import setup_runtime
 
-    setup_runtime(args.device_target)
+    setup_runtime(args.device_target, report=print)
     holder = PreviewModel(args)
     threading.Thread(target=holder.load, name="load-model", daemon=True).start()
     import gradio as gr
