@@ -10,8 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 class UsageError(ValueError):
     """Bad command-line input; reported as one line."""
@@ -120,11 +118,10 @@ def main(argv=None):
     import mindspore as ms
     from PIL import Image
 
-    from mvdream.camera_utils import get_camera
     from mvdream.model_zoo import build_model
     from mvdream.runtime import setup_runtime
     from mvdream.ldm.models.diffusion.ddim import DDIMSampler
-    from mvdream.t2i import t2i
+    from mvdream.t2i import preview_grid, sample_previews
 
     setup_runtime(args.device_target, report=print)
     # Check the size against the config before loading gigabytes of weights.
@@ -135,23 +132,10 @@ def main(argv=None):
                         config_path=args.config_path, weights_dtype=ms.float16 if args.fp16 else None)
     model.set_train(False)
 
-    sampler = DDIMSampler(model)
-    batch_size = max(4, args.num_frames)  # as the original: at least 4 images per row
-    camera = None
-    if args.use_camera:
-        batch_size = -(-batch_size // args.num_frames) * args.num_frames  # whole groups of views
-        camera = get_camera(args.num_frames, elevation=args.camera_elev, azimuth_start=args.camera_azim,
-                            azimuth_span=args.camera_azim_span)
-        camera = ms.ops.tile(camera, (batch_size // args.num_frames, 1))
-    uc = model.get_learned_conditioning([args.negative_prompt])
-    prompt = args.text + args.suffix
-
-    rows = []
-    for row in range(args.n_samples):
-        images = t2i(model, args.size, prompt, uc, sampler, steps=args.steps, scale=args.scale,
-                     batch_size=batch_size, camera=camera, num_frames=args.num_frames,
-                     seed=args.seed + row, verbose=not args.no_progress)
-        rows.append(images)
+    rows = sample_previews(model, DDIMSampler(model), args.text + args.suffix, args.negative_prompt, args.size,
+                           args.num_frames, bool(args.use_camera), args.camera_elev, args.camera_azim,
+                           args.camera_azim_span, args.seed, args.steps, args.scale, args.n_samples,
+                           verbose=not args.no_progress)
 
     stem = output.with_suffix("")
     view_paths = []
@@ -160,7 +144,7 @@ def main(argv=None):
             view_path = Path(f"{stem}_r{r}_v{v}.png")
             Image.fromarray(image).save(view_path)
             view_paths.append(view_path)
-    grid = np.concatenate([np.concatenate(list(images), axis=1) for images in rows], axis=0)
+    grid = preview_grid(rows)
     Image.fromarray(grid).save(output)
     print(f"wrote {output} ({grid.shape[1]}x{grid.shape[0]}, {args.n_samples} rows x {len(rows[0])} views) "
           f"and {len(view_paths)} view images {view_paths[0].name} ... {view_paths[-1].name}")
