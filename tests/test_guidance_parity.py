@@ -1,5 +1,5 @@
 """multiview-diffusion-guidance against the PyTorch goldens of the original forward
-(shared/parity/guidance_tiny.npz, section (e) of its README), with the tiny MVDream model
+(tests/fixtures/parity/guidance_tiny.npz, section (e) of its README), with the tiny MVDream model
 loaded from tiny_mvdream.pt, plus the guidance's bookkeeping (freezing, schedules, RNG)."""
 import numpy as np
 import mindspore as ms
@@ -9,6 +9,8 @@ from mindspore import Tensor, nn
 import threestudio
 from threestudio.utils.resize import resize_bilinear
 from mvdream.model_zoo import ModelNotAvailableError
+
+pytestmark = [pytest.mark.parity]
 
 # README (e): losses rtol 1e-5; noise predictions, recon latents, gradients rtol 1e-4.
 RTOL_LOSS, RTOL = 1e-5, 1e-4
@@ -205,9 +207,11 @@ def test_chunked_vae_gradient_equals_plain(parity_dir, golden):
                             text_embeddings=Tensor(golden["text_embeddings"]))["loss_sds"]
         results.append(ms.value_and_grad(loss_fn)(Tensor(golden["rgb"])))
     (loss0, grad0), (loss1, grad1) = results
-    assert float(loss0.asnumpy()) == float(loss1.asnumpy())
-    assert np.abs(grad0.asnumpy()).max() > 0
-    np.testing.assert_allclose(grad1.asnumpy(), grad0.asnumpy(), rtol=0, atol=1e-7)
+    # mathematically equal fp32 paths: equal to a relative 1e-6 of the gradient's scale on any CPU
+    assert float(loss1.asnumpy()) == pytest.approx(float(loss0.asnumpy()), rel=1e-6)
+    scale = np.abs(grad0.asnumpy()).max()
+    assert scale > 0
+    np.testing.assert_allclose(grad1.asnumpy(), grad0.asnumpy(), rtol=1e-6, atol=1e-6 * scale)
 
 
 def test_one_precision_rule(parity_dir):

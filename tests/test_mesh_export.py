@@ -17,11 +17,13 @@ import yaml
 from mindspore import Tensor
 
 import extract_color_mesh
-import launch
 import threestudio
+from threestudio.utils import isosurface as iso
 from threestudio.utils import mesh_export as mx
+from threestudio.utils import mesh_io
 from threestudio.utils.checkpoint import fingerprint, save_checkpoint
 from threestudio.utils.config import parse_structured
+from launch_helpers import launch_main
 
 STD, SCALE, THRESHOLD = 1.0, 10.0, 3.0
 R0 = STD * (1.0 - np.log(np.expm1(THRESHOLD)) / SCALE)  # 0.70497
@@ -60,6 +62,24 @@ def known_fields():
     return geometry, material
 
 
+def exporter(geometry, material, **options):
+    """The mesh-exporter on these fields (vertex colours only unless the options say otherwise)."""
+    return threestudio.find("mesh-exporter")({"fmt": "ply", "save_uv": False, "save_texture": False, **options},
+                                             geometry=geometry, material=material)
+
+
+def extract(geometry, material, **options):
+    """(world-space mesh with vertex colours, threshold used)."""
+    exp = exporter(geometry, material, **options)
+    mesh, level, _, _, _ = exp.extract()
+    mesh.colors = exp.albedo(mesh.vertices)
+    return mesh, level
+
+
+def write_mesh(mesh, path, fmt):
+    mesh_io.write_files(mesh_io.encode_files(mesh, [path], fmt, normals=True))
+
+
 def check_sphere(vertices_world, colors, resolution, radius=R0):
     voxel = 2.0 / (resolution - 1)
     dist = np.linalg.norm(vertices_world, axis=1)
@@ -82,7 +102,7 @@ def test_field_is_the_known_one():
 def test_extract_sphere_close_watertight_colored():
     geometry, material = known_fields()
     res = 48
-    mesh, threshold = mx.extract_color_mesh(geometry, material, resolution=res, chunk=5000)
+    mesh, threshold = extract(geometry, material, resolution=res, chunk=5000)
     assert threshold == THRESHOLD and len(mesh.faces) > 1000
     check_sphere(mesh.vertices, mesh.colors, res)
     tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
@@ -95,16 +115,32 @@ def test_extract_sphere_close_watertight_colored():
 
 def test_auto_threshold_and_empty_field():
     geometry, material = known_fields()
-    field = mx.evaluate_grid(lambda p: geometry.forward_field(p)[0], np.array([[-1] * 3, [1] * 3], np.float32), 24)
-    auto = mx.resolve_threshold(field, "auto")
+    density = lambda p: geometry.forward_field(p)[0]  # noqa: E731
+    bbox = np.array([[-1] * 3, [1] * 3], np.float32)
+    field = iso.evaluate_grid(density, bbox, 24)
+    auto = iso.resolve_threshold(field, "auto")
     assert auto == pytest.approx(float(field[field > 1e-5].mean()), rel=1e-6)
-    mesh, used = mx.extract_color_mesh(geometry, material, resolution=40, threshold="auto")
-    field40 = mx.evaluate_grid(lambda p: geometry.forward_field(p)[0], np.array([[-1] * 3, [1] * 3], np.float32), 40)
+    field40 = iso.evaluate_grid(density, bbox, 40)
+    # dense: the mean over the whole grid (threestudio's rule)
+    mesh, used = extract(geometry, material, resolution=40, threshold="auto", surface_only=False)
     assert used == pytest.approx(float(field40[field40 > 1e-5].mean()), rel=1e-6) and 0 < used < field40.max()
     radius = STD * (1.0 - np.log(np.expm1(used)) / SCALE)
     check_sphere(mesh.vertices, mesh.colors, 40, radius)
-    with pytest.raises(mx.MeshExportError, match=r"empty surface at threshold 1e\+06.*use a lower threshold or 'auto'"):
-        mx.extract_color_mesh(geometry, material, resolution=16, threshold=1e6)
+    # surface-only: the mean over the coarse sub-lattice (every 4th point and the last), each
+    # weighted by the number of fine points nearest to it
+    mesh, coarse_used = extract(geometry, material, resolution=40, threshold="auto")
+    ci = np.array([0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 39])
+    w = np.array([3, 4, 4, 4, 4, 4, 4, 4, 4, 3, 2], np.float64)  # fine points 0-2 -> 0, 3-6 -> 4, ..., 35-37 -> 36, 38-39 -> 39
+    assert np.array_equal(iso.coarse_indices(40, iso.DEFAULT_STRIDE), ci) and w.sum() == 40
+    coarse, weights = field40[np.ix_(ci, ci, ci)], w[:, None, None] * w[None, :, None] * w[None, None, :]
+    keep = coarse > 1e-5
+    assert coarse_used == pytest.approx(float(np.average(coarse[keep], weights=weights[keep])), rel=1e-6)
+    assert coarse_used == pytest.approx(used, rel=0.02)
+    check_sphere(mesh.vertices, mesh.colors, 40, STD * (1.0 - np.log(np.expm1(coarse_used)) / SCALE))
+    for surface_only in (True, False):
+        with pytest.raises(mx.MeshExportError,
+                           match=r"empty surface at threshold 1e\+06.*use a lower threshold or 'auto'"):
+            extract(geometry, material, resolution=16, threshold=1e6, surface_only=surface_only)
 
 
 def test_largest_component_and_outliers():
@@ -114,8 +150,8 @@ def test_largest_component_and_outliers():
     big = 1.0 - np.sqrt((x + 0.4) ** 2 + y ** 2 + z ** 2) / 0.45
     small = 1.0 - np.sqrt((x - 0.6) ** 2 + y ** 2 + z ** 2) / 0.2
     bbox = np.array([[-1] * 3, [1] * 3], np.float32)
-    both = mx.marching_cubes(np.maximum(big, small), 0.0, bbox)
-    alone = mx.marching_cubes(big, 0.0, bbox)
+    both = iso.marching_cubes(np.maximum(big, small), 0.0, bbox)
+    alone = iso.marching_cubes(big, 0.0, bbox)
     largest = mx.drop_small_components(both, keep_largest=True)
     assert len(largest.faces) == len(alone.faces) < len(both.faces)
     np.testing.assert_allclose(np.sort(largest.vertices, 0), np.sort(alone.vertices, 0))
@@ -128,9 +164,9 @@ def test_largest_component_and_outliers():
 @pytest.mark.parametrize("ext", [".obj", ".ply", ".glb"])
 def test_files_reload_with_colors_y_up(tmp_path, ext):
     geometry, material = known_fields()
-    mesh, _ = mx.extract_color_mesh(geometry, material, resolution=32)
+    mesh, _ = extract(geometry, material, resolution=32)
     path = str(tmp_path / "sub" / f"m{ext}")
-    mx.write_mesh(mx.to_y_up(mesh), path)
+    write_mesh(mx.to_y_up(mesh), path, ext[1:])
     assert sorted(os.listdir(tmp_path / "sub")) == [f"m{ext}"]  # no temporary left
     loaded = trimesh.load(path, process=False, force="mesh")
     assert loaded.visual.kind == "vertex" and len(loaded.vertices) == len(mesh.vertices)
@@ -141,7 +177,7 @@ def test_files_reload_with_colors_y_up(tmp_path, ext):
     assert loaded.visual.vertex_colors[top, 2] > loaded.visual.vertex_colors[bottom, 2] + 100
     assert trimesh.Trimesh(loaded.vertices, loaded.faces, process=False).volume > 0  # still outward
     with pytest.raises(mx.MeshExportError, match="exists: choose another --output or pass --overwrite"):
-        mx.write_mesh(mx.to_y_up(mesh), path)
+        write_mesh(mx.to_y_up(mesh), path, ext[1:])
 
 
 # ---------------------------------------------------------------- command lines on a checkpoint
@@ -221,12 +257,12 @@ def test_cli_errors_one_line_nothing_left(trial, tmp_path, capsys):
 def test_launch_export(trial, tmp_path, capsys):
     parsed = trial / "configs" / "parsed.yaml"
     ckpt = trial / "ckpts" / "last.ckpt"
-    assert launch.main(["--config", str(parsed), "--export", f"resume={ckpt}",
+    assert launch_main(["--config", str(parsed), "--export", f"resume={ckpt}",
                         "system.geometry.density_blob_std=0.8"]) == 1  # another geometry
     assert "different model: its system.geometry config differs" in capsys.readouterr().err
     assert not (trial / "save").exists()
     # isosurface_* only steer the export: not part of the checkpoint's identity
-    code = launch.main(["--config", str(parsed), "--export", f"resume={ckpt}", "system.exporter.fmt=ply",
+    code = launch_main(["--config", str(parsed), "--export", f"resume={ckpt}", "system.exporter.fmt=ply",
                         "system.exporter.save_name=ball", "system.geometry.isosurface_resolution=40"])
     assert code == 0, capsys.readouterr().err
     out = trial / "save" / "it7-export" / "ball.ply"  # parsed.yaml's timestamp: the same trial dir

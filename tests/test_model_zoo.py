@@ -46,6 +46,24 @@ def test_offline_without_cache_gives_clear_error(tmp_path, monkeypatch):
     assert "sd-v1.5-4view.pt" in str(err.value) and "system.guidance.ckpt_path=" in str(err.value)
 
 
+def test_unreachable_hub_gives_one_line_at_once(tmp_path, monkeypatch, capfd):
+    """No network and no cache: one line, without huggingface_hub's retry messages."""
+    import socket
+
+    from huggingface_hub import constants
+    with socket.socket() as s:  # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(ModelNotAvailableError) as err:
+        download_checkpoint("MVDream/MVDream", "sd-v2.1-base-4view.pt", cache_dir=tmp_path)
+    text = str(err.value)
+    assert "\n" not in text and "cannot be reached" in text and "--ckpt_path" in text
+    captured = capfd.readouterr()
+    assert "Retrying" not in captured.out + captured.err
+
+
 def test_offline_uses_the_cache(tmp_path, monkeypatch):
     # A file already in the hub cache layout is found without network.
     snapshot = tmp_path / "models--MVDream--MVDream" / "snapshots" / ("0" * 40)
@@ -164,7 +182,7 @@ def test_build_model_from_local_config_and_checkpoint(tmp_path, tiny_state_dict)
     OmegaConf.save(OmegaConf.create({"model": stub_config(with_last_block=False)}), config_path)
     ckpt = save_state_dict(tiny_state_dict, tmp_path / "tiny.safetensors")
     model = build_model(None, ckpt_path=ckpt, config_path=config_path)
-    np.testing.assert_array_equal(model.sqrt_alphas_cumprod.asnumpy(), tiny_state_dict["sqrt_alphas_cumprod"])
+    np.testing.assert_allclose(model.sqrt_alphas_cumprod.asnumpy(), tiny_state_dict["sqrt_alphas_cumprod"], rtol=1e-6)
     with pytest.raises(CheckpointError) as err:
         build_model(None, ckpt_path=tmp_path / "absent.pt", config_path=config_path)
     assert str(tmp_path / "absent.pt") in str(err.value)

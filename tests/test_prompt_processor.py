@@ -10,7 +10,14 @@ import threestudio
 from threestudio.models.prompt_processors.base import PromptProcessorOutput
 from threestudio.utils.config import ConfigError
 
+pytestmark = [pytest.mark.parity]
+
 PROMPT = "an astronaut riding a horse, 3d asset"  # the prompt of ldm_tiny.npz's `cond`
+
+
+def assert_close(actual, expected):
+    """fp32 results of mathematically equal computations: ~1e-6 of the values' scale."""
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +53,10 @@ def test_embeddings_and_disk_cache(guidance, parity_dir, tmp_path):
     assert encoder.calls == 1 and sorted(encoder.prompts) == sorted([PROMPT, ""] + vd)  # deduplicated, one batch
 
     # The embeddings are the model's own conditioning, and match PyTorch's (ldm_tiny.npz).
+    # (another batch composition: equal to fp32 rounding, not bit for bit, on other CPUs)
     model = guidance.model
-    np.testing.assert_array_equal(first.text_embeddings.asnumpy(), model.get_learned_conditioning([PROMPT]).asnumpy())
-    np.testing.assert_array_equal(first.text_embeddings_vd.asnumpy(), model.get_learned_conditioning(vd).asnumpy())
+    assert_close(first.text_embeddings.asnumpy(), model.get_learned_conditioning([PROMPT]).asnumpy())
+    assert_close(first.text_embeddings_vd.asnumpy(), model.get_learned_conditioning(vd).asnumpy())
     ldm = np.load(parity_dir / "ldm_tiny.npz")
     for actual, golden in [(first.text_embeddings, ldm["cond"]), (first.uncond_text_embeddings, ldm["uncond"])]:
         assert np.abs(actual.asnumpy() - golden).max() <= 1e-5 * np.abs(golden).max()

@@ -1,7 +1,8 @@
 """Benchmark the results users keep: the 120-frame test turntable and mesh extraction.
 
     PYTHONPATH=MVDream-threestudio python tools/bench_export.py [--config configs/mvdream-sd21.yaml]
-        [--size 256] [--frames 120] [--mc 256 512] [--chunk 262144]
+        [--size 256] [--frames 120] [--mc 256 512] [--modes dense surface] [--repeat 1]
+        [--texture 1024 2048] [--texture_resolution 256] [--target_faces 20000] [--chunk 262144]
 
 Uses the config's geometry / material / background / renderer at initialisation (the blob
 prior; random hash grid), never the guidance. The occupancy grid is first updated a few times
@@ -10,8 +11,15 @@ resident memory (ru_maxrss) is its own:
 
   video: render ``--frames`` test views at ``--size``^2 (eval mode: chunked rays), write the PNG
          frames and the 30 fps mp4; seconds in total and frames/s
-  mc R : density on R^3 (chunks of ``--chunk`` points), marching cubes at the geometry's
-         isosurface_threshold ('auto' when that leaves the untrained blob empty), vertex colours, .obj written; seconds per stage and peak RSS
+  Under load (a shared machine) wall seconds stretch; ``cpu_seconds`` (user + system, all
+  threads) is the work done, the fairer basis for a ratio.
+  mc R : the mesh-exporter at R^3, dense and surface-only measured alternately (``--modes``,
+         ``--repeat``): density (chunks of ``--chunk`` points), marching cubes at the geometry's
+         isosurface_threshold ('auto' on 64^3 when that leaves the untrained blob empty; the same
+         number for both modes), cleanup, vertex colours, .obj written; seconds per stage, points
+         evaluated, peak RSS
+  texture T: surface-only at ``--texture_resolution``, quadric decimation to ``--target_faces``,
+         xatlas, CPU bake at T^2, obj + mtl + png and glb written: seconds per stage, file sizes
 """
 import argparse
 import json
@@ -26,6 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MVDream-threestudio"))
 DEFAULT_CONFIG = ROOT / "MVDream-threestudio" / "configs" / "mvdream-sd21.yaml"
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mb() -> float:
@@ -97,37 +110,66 @@ def bench_video(args) -> dict:
             "test_views_in_dataset": len(dataset), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def bench_mc(args, resolution: int) -> dict:
-    import trimesh  # noqa: F401 - imported before timing
+def fixed_threshold(geometry) -> float:
+    """The config's isosurface_threshold, or 'auto' on a 64^3 grid when the untrained blob
+    (peak ~softplus(density_blob_scale) ~ 10) never reaches it: one number for every stage."""
+    from threestudio.utils import isosurface as iso
 
-    from threestudio.utils import mesh_export as mx
+    bbox = geometry.bbox.asnumpy()
+    field = iso.evaluate_grid(lambda p: geometry.forward_field(p)[0], bbox, 64)
+    level = iso.resolve_threshold(field, geometry.cfg.isosurface_threshold)
+    return level if field.min() < level < field.max() else iso.auto_threshold(field)
+
+
+def run_exporter(args, options: dict, name: str):
+    """(asset, paths written, seconds in all) of the mesh-exporter on the config's fields."""
+    import threestudio
 
     geometry, material, _, _, _ = build(args.config, args.size)
-    geometry.set_train(False)
-    bbox = geometry.bbox.asnumpy()
-    rss0 = peak_rss_mb()
-    t0 = time.time()
-    field = mx.evaluate_grid(lambda p: geometry.forward_field(p)[0], bbox, resolution, args.chunk)
-    t1 = time.time()
-    threshold = mx.resolve_threshold(field, geometry.cfg.isosurface_threshold)
-    if not field.min() < threshold < field.max():
-        # the initial blob peaks at softplus(density_blob_scale) ~ 10 < the default 25: use 'auto'
-        threshold = mx.auto_threshold(field)
-    mesh = mx.marching_cubes(field, threshold, bbox)
-    del field
-    t2 = time.time()
-    mesh.colors = mx.vertex_colors(geometry, material, mesh.vertices, args.chunk)
-    t3 = time.time()
-    path = os.path.join(tempfile.mkdtemp(prefix="bench_mc_"), "model.obj")
-    mx.write_mesh(mx.to_y_up(mesh), path)
-    t4 = time.time()
-    return {"stage": f"mc{resolution}", "resolution": resolution, "threshold": threshold,
-            "vertices": len(mesh.vertices), "faces": len(mesh.faces), "seconds": round(t4 - t0, 2),
-            "density_seconds": round(t1 - t0, 2), "marching_cubes_seconds": round(t2 - t1, 2),
-            "colour_seconds": round(t3 - t2, 2), "write_seconds": round(t4 - t3, 2),
-            "points_per_s": int(resolution ** 3 / max(t1 - t0, 1e-9)),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "rss_before_mb": round(rss0, 1),
-            "chunk": args.chunk, "obj_mb": round(os.path.getsize(path) / 2 ** 20, 1)}
+    level = fixed_threshold(geometry)
+    exporter = threestudio.find("mesh-exporter")({"threshold": level, "chunk": args.chunk, **options},
+                                                 geometry=geometry, material=material)
+    t0, c0 = time.time(), cpu_seconds()
+    asset = exporter()
+    paths = exporter.write(asset, os.path.join(tempfile.mkdtemp(prefix="bench_export_"), name))
+    asset.seconds["cpu"] = cpu_seconds() - c0  # all threads: the work, whatever the machine's load
+    return asset, paths, time.time() - t0
+
+
+def bench_mc(args, resolution: int, surface_only: bool) -> dict:
+    """Extraction (density, marching cubes, cleanup), vertex colours, .obj written."""
+    asset, paths, seconds = run_exporter(args, {"fmt": "obj", "save_uv": False, "save_texture": False,
+                                                "resolution": resolution, "surface_only": surface_only}, "model.obj")
+    mode = "surface" if surface_only else "dense"
+    return {"stage": f"mc{resolution}-{mode}", "resolution": resolution, "mode": mode,
+            "threshold": round(asset.threshold, 5), "vertices": len(asset.mesh.vertices),
+            "faces": len(asset.mesh.faces), "evaluated_points": asset.evaluated_points,
+            "evaluated_fraction": round(asset.evaluated_points / resolution ** 3, 4), "seconds": round(seconds, 2),
+            **{f"{k}_seconds": round(v, 2) for k, v in asset.seconds.items()},
+            "peak_rss_mb": round(peak_rss_mb(), 1), "chunk": args.chunk,
+            "obj_mb": round(os.path.getsize(paths[0]) / 2 ** 20, 2)}
+
+
+def bench_texture(args, size: int) -> dict:
+    """Surface-only extraction at --texture_resolution, decimation to --target_faces, xatlas,
+    CPU bake at size^2, obj + mtl + png written; the same asset also encoded as a glb."""
+    from threestudio.utils import mesh_io
+
+    asset, paths, seconds = run_exporter(args, {"fmt": "obj-mtl", "save_uv": True, "save_texture": True,
+                                                "texture_size": size, "texture_format": "png",
+                                                "resolution": args.texture_resolution,
+                                                "target_faces": args.target_faces}, "model.obj")
+    glb = os.path.splitext(paths[0])[0] + ".glb"
+    t = time.time()
+    mesh_io.write_files(mesh_io.encode_files(asset.mesh, [glb], "glb", normals=False))
+    glb_seconds = time.time() - t
+    return {"stage": f"texture{size}", "texture_size": size, "resolution": args.texture_resolution,
+            "extracted_faces": asset.extracted_faces, "faces": len(asset.mesh.faces),
+            "seconds": round(seconds, 2), **{f"{k}_seconds": round(v, 2) for k, v in asset.seconds.items()},
+            "glb_write_seconds": round(glb_seconds, 2),
+            "texels_baked_fraction": round(float(asset.texture_mask.mean()), 3),
+            "file_mb": {os.path.basename(p): round(os.path.getsize(p) / 2 ** 20, 2) for p in paths + [glb]},
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
 def main():
@@ -136,11 +178,23 @@ def main():
     parser.add_argument("--size", type=int, default=256, help="eval height = width of the test frames")
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--mc", type=int, nargs="*", default=[256, 512], help="marching-cubes resolutions")
+    parser.add_argument("--modes", nargs="*", default=["dense", "surface"], choices=["dense", "surface"],
+                        help="extraction modes, measured alternately per resolution")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the alternation (A B A B ...)")
+    parser.add_argument("--texture", type=int, nargs="*", default=[1024, 2048], help="texture sizes to bake")
+    parser.add_argument("--texture_resolution", type=int, default=256, help="grid of the textured export")
+    parser.add_argument("--target_faces", type=int, default=20000, help="decimation before unwrapping")
     parser.add_argument("--chunk", type=int, default=1 << 18)
     parser.add_argument("--only", help=argparse.SUPPRESS)  # child process: one measurement
     args = parser.parse_args()
     if args.only:
-        result = bench_video(args) if args.only == "video" else bench_mc(args, int(args.only[2:]))
+        if args.only == "video":
+            result = bench_video(args)
+        elif args.only.startswith("texture"):
+            result = bench_texture(args, int(args.only[len("texture"):]))
+        else:
+            resolution, mode = args.only[2:].split("-")
+            result = bench_mc(args, int(resolution), mode == "surface")
         print("RESULT " + json.dumps(result))
         return
     from threestudio.models.hashgrid import available_backends
@@ -148,10 +202,15 @@ def main():
     print(json.dumps({"config": args.config, "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
                       "hashgrid_backends": available_backends(),
                       "impl": os.environ.get("THREESTUDIO_HASHGRID_IMPL", "auto")}))
-    stages = (["video"] if args.frames > 0 else []) + [f"mc{r}" for r in args.mc]
+    stages = (["video"] if args.frames > 0 else []) + [
+        f"mc{r}-{m}" for r in args.mc for _ in range(args.repeat) for m in args.modes] + [
+        f"texture{t}" for t in args.texture]
     for stage in stages:
+        print(json.dumps({"starting": stage, "load_avg": os.getloadavg()}))
+        sys.stdout.flush()
         cmd = [sys.executable, "-W", "ignore", __file__, "--only", stage, "--config", args.config,
-               "--size", str(args.size), "--frames", str(args.frames), "--chunk", str(args.chunk)]
+               "--size", str(args.size), "--frames", str(args.frames), "--chunk", str(args.chunk),
+               "--texture_resolution", str(args.texture_resolution), "--target_faces", str(args.target_faces)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not lines:

@@ -32,10 +32,10 @@ sys.path[:0] = [str(ROOT / "MVDream"), str(ROOT / "MVDream-threestudio"), str(Pa
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
 
-import launch  # noqa: E402
 import threestudio  # noqa: E402
 from bench_guidance import Timer  # noqa: E402
-from threestudio.utils.experiment import checkpoint_config, load_experiment, trainer_config  # noqa: E402
+from threestudio.utils.experiment import (checkpoint_config, load_experiment, seed_everything,  # noqa: E402
+                                          trainer_config)
 from threestudio.utils.trainer import Trainer  # noqa: E402
 
 CONFIGS = ROOT / "MVDream-threestudio" / "configs"
@@ -51,7 +51,7 @@ TINY = ("mvdream-tiny.yaml", ["data.width=[8,16]", "data.height=[8,16]", "data.b
 
 def build(config, overrides, trial_dir):
     cfg, _, _ = load_experiment(str(CONFIGS / config), COMMON + overrides)
-    launch.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed)
     dm.setup()
     tcfg = trainer_config(cfg)

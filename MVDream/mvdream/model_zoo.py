@@ -47,6 +47,16 @@ def _offline():
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _check_reachable(endpoint: str, timeout: float = 3.0) -> None:
+    """Raise ``OSError`` unless a TCP connection to ``endpoint``'s host opens within ``timeout``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    socket.create_connection((url.hostname, port), timeout=timeout).close()
+
+
 def download_checkpoint(repo_id, filename, cache_dir=None, option="--ckpt_path"):
     """Local path of ``repo_id/filename`` from the Hugging Face cache, downloading it if needed.
 
@@ -55,11 +65,20 @@ def download_checkpoint(repo_id, filename, cache_dir=None, option="--ckpt_path")
     to get the file and which ``option`` to pass it with (callers such as
     threestudio pass their own option name).
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     offline = _offline()
     try:
-        return hf_hub_download(repo_id=repo_id, filename=filename, cache_dir=cache_dir,
-                               local_files_only=offline)
+        # The cache first: no network round trip for a file that is already here.
+        return hf_hub_download(repo_id=repo_id, filename=filename, cache_dir=cache_dir, local_files_only=True)
+    except Exception:  # not cached
+        pass
+    try:
+        if offline:
+            raise ConnectionError("offline")
+        # huggingface_hub retries an unreachable host for ~25 s, printing a line per try:
+        # a short connect first turns "no network" into one line at once.
+        _check_reachable(constants.ENDPOINT)
+        return hf_hub_download(repo_id=repo_id, filename=filename, cache_dir=cache_dir)
     except Exception as err:  # LocalEntryNotFoundError, connection/HTTP errors, ...
         why = "offline mode (HF_HUB_OFFLINE) is set" if offline else \
             f"the hub cannot be reached ({type(err).__name__})"

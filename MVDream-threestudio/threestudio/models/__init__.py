@@ -1,1 +1,1 @@
-from . import background, estimators, geometry, guidance, materials, prompt_processors, renderers  # noqa: F401
+from . import background, estimators, exporters, geometry, guidance, materials, prompt_processors, renderers  # noqa: F401

@@ -1,0 +1,1 @@
+from . import base, mesh_exporter  # noqa: F401
