@@ -17,9 +17,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"mvdream": REPO / "MVDream" / "mvdream", "threestudio": REPO / "MVDream-threestudio" / "threestudio"}
 ENTRY_POINTS = ("launch", "extract_color_mesh")
-# Known upward imports being removed elsewhere (issue 11, mesh-export layering): tolerated here
-# until then, and only these exact pairs. Delete an entry once its import is gone.
-KNOWN = {("threestudio.utils.mesh_export", "threestudio.systems.base")}
 
 
 def module_name(package: str, path: Path) -> str:
@@ -76,12 +73,20 @@ def test_layers_import_one_way():
             if target.split(".")[0] in ENTRY_POINTS:
                 wrong.append(f"{name} imports the entry point {target}")
             other = layer(target)
-            if any(name == m and (target == t or target.startswith(t + ".")) for m, t in KNOWN):
-                continue
             if own is not None and other is not None and other > own:
                 wrong.append(f"{name} imports {target} (a higher layer)")
             elif own == 2 and other == 2 and name.split(".")[1] != target.split(".")[1]:
                 wrong.append(f"{name} imports {target} (models and data are siblings)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_tool_or_script_imports_an_entry_point():
+    """launch.py and extract_color_mesh.py are run, never imported (tests aside)."""
+    paths = [*(REPO / "tools").glob("*.py"), *(REPO / "MVDream" / "scripts").glob("*.py"),
+             *(REPO / "MVDream-threestudio").glob("*.py")]
+    assert len(paths) > 5
+    wrong = [f"{path.name} imports {target}" for path in paths for target in imported_modules(path.stem, path)
+             if target.split(".")[0] in ENTRY_POINTS]
     assert not wrong, "\n".join(wrong)
 
 

@@ -1,5 +1,7 @@
 """Prompt processor: embeddings from the MVDream text encoder (tiny checkpoint), the disk
 cache, view-dependent prompt selection, config errors."""
+import logging
+
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -127,6 +129,23 @@ def test_perp_neg_embeddings():
     f = lambda a, b, c, r: a * np.exp(-b * r) + c  # noqa: E731
     np.testing.assert_allclose(weights.asnumpy()[0], [-f(4, 0.5, -2.426, 1.0), -f(4, 0.5, -2.426, 0.0)], rtol=1e-6)
     np.testing.assert_allclose(weights.asnumpy()[3], [0, 0])
+
+
+def test_keys_without_effect_are_logged(caplog):
+    logger = logging.getLogger("threestudio")  # launch.main (in-process tests) stops its propagation
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="threestudio"):
+            make({"prompt": "p", "negative_prompt": "neg", "spawn": False,
+                  "pretrained_model_name_or_path": "stabilityai/stable-diffusion-2-1-base"}, text_encoder=fake_encoder)
+            said = sorted({r.getMessage() for r in caplog.records if "compatibility" in r.getMessage()})
+            caplog.clear()
+            make({"prompt": "p", "negative_prompt": "neg"}, text_encoder=fake_encoder)  # defaults: nothing to say
+            assert not [r for r in caplog.records if "compatibility" in r.getMessage()]
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert said == ["system.prompt_processor.pretrained_model_name_or_path: accepted for compatibility, has no effect",
+                    "system.prompt_processor.spawn: accepted for compatibility, has no effect"]
 
 
 def test_config_errors():
