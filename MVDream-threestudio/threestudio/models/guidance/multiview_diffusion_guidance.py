@@ -38,6 +38,7 @@ from mindspore import Tensor, ops
 import threestudio
 from mvdream import model_zoo
 from mvdream.camera_utils import normalize_camera
+from mvdream.errors import ModelConfigError
 from threestudio.utils.autodiff import ChunkedVJP, Untaped, no_grad
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import ConfigError
@@ -153,8 +154,11 @@ class MultiviewDiffusionGuidance(BaseModule):
                 raise model_zoo.ModelNotAvailableError(
                     f"{reason}; download it from https://huggingface.co/{info['repo_id']} and set "
                     f"{CKPT_OPTION}=/path/to/{info['filename']}") from None
-        return model_zoo.build_model(model_name, ckpt_path=ckpt_path, config_path=self._config_path(),
-                                     pretrained=cfg.pretrained)
+        try:
+            return model_zoo.build_model(model_name, ckpt_path=ckpt_path, config_path=self._config_path(),
+                                         pretrained=cfg.pretrained)
+        except ModelConfigError as err:  # e.g. the text tower's open_clip json: one line for launch.py
+            raise ConfigError(str(err)) from None
 
     # ------------------------------------------------------------------ access
     def set_half_precision(self, enabled: bool) -> None:

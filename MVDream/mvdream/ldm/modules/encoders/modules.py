@@ -17,6 +17,11 @@ _DTYPES = {"float32": ms.float32, "fp32": ms.float32, "float16": ms.float16, "fp
 class FrozenOpenCLIPEmbedder(AbstractEncoder):
     """OpenCLIP text transformer: per-token features (N, 77, width) for a list of prompts.
 
+    ``arch``: an open_clip architecture shipped in ``open_clip_text``'s ``model_configs/``
+    (e.g. "ViT-H-14") or the path of an open_clip-style model json (``embed_dim``,
+    ``text_cfg``; a name ending in ``.json`` or with a directory part, relative to the
+    working directory), so a config can bring its own text-tower sizes.
+
     ``layer="penultimate"`` (MVDream/SD2) skips the last residual block and still
     applies ``ln_final``; ``layer="last"`` runs all blocks.
 

@@ -27,13 +27,70 @@ def list_models():
     return sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(_CONFIG_DIR, "*.json")))
 
 
+def is_config_path(arch):
+    """``arch`` names a file (a ``.json`` name or anything with a directory part), not a packaged config."""
+    arch = str(arch)
+    return arch.lower().endswith(".json") or os.sep in arch or "/" in arch
+
+
 def get_model_config(arch):
-    """open_clip model config (``embed_dim``, ``text_cfg``, ...) of architecture ``arch``."""
+    """open_clip model config (``embed_dim``, ``text_cfg``, ...) of architecture ``arch``: the
+    name of a config shipped in ``model_configs/`` or the path of an open_clip-style model json
+    (relative paths from the working directory)."""
+    if is_config_path(arch):
+        return load_model_config_file(os.path.expanduser(str(arch)))
     path = os.path.join(_CONFIG_DIR, f"{arch}.json")
     if not os.path.isfile(path):
-        raise ValueError(f"unknown OpenCLIP architecture {arch!r}; known: {', '.join(list_models())}")
+        raise ValueError(f"unknown OpenCLIP architecture {arch!r}; known: {', '.join(list_models())} "
+                         "(or give the path of an open_clip model json)")
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+_TEXT_OPTIONS = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value")
+_INT_TEXT_OPTIONS = _TEXT_OPTIONS[:5]
+
+
+def text_cfg_problem(model_cfg):
+    """What keeps ``TextTransformer.from_config`` from building this config, or None."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    if text_cfg.get("hf_model_name"):
+        return "HuggingFace text towers are not supported"
+    unknown = sorted(set(text_cfg) - set(_TEXT_OPTIONS))
+    if unknown:
+        return f"unsupported text_cfg options: {unknown}"
+    return None
+
+
+def load_model_config_file(path):
+    """An open_clip model json from disk, checked for what the text tower needs (one-line errors:
+    FileNotFoundError, or ModelConfigError naming the file and the problem)."""
+    from mvdream.errors import ModelConfigError
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: OpenCLIP model config not found (arch is read as a path to an "
+                                f"open_clip model json; or name one of: {', '.join(list_models())})")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelConfigError(f"{path}: not a readable open_clip model json ({reason})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("text_cfg"), dict):
+        raise ModelConfigError(f"{path}: an open_clip model json needs a 'text_cfg' object")
+    embed_dim = cfg.get("embed_dim")
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim <= 0:
+        raise ModelConfigError(f"{path}: 'embed_dim' must be a positive integer, got {embed_dim!r}")
+    for key in _INT_TEXT_OPTIONS:
+        value = cfg["text_cfg"].get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ModelConfigError(f"{path}: text_cfg.{key} must be a positive integer, got {value!r}")
+    problem = text_cfg_problem(cfg)
+    if problem is None and cfg["text_cfg"].get("width", 512) % cfg["text_cfg"].get("heads", 8):
+        problem = "text_cfg.width must be a multiple of text_cfg.heads"
+    if problem:
+        raise ModelConfigError(f"{path}: {problem}")
+    return cfg
 
 
 class QuickGELU(nn.Cell):
@@ -165,13 +222,10 @@ class TextTransformer(nn.Cell):
     @classmethod
     def from_config(cls, model_cfg):
         """Build from an open_clip model config dict (``embed_dim``, ``text_cfg``, ``quick_gelu``)."""
+        problem = text_cfg_problem(model_cfg)
+        if problem:
+            raise ValueError(problem)
         text_cfg = dict(model_cfg.get("text_cfg", {}))
-        if text_cfg.get("hf_model_name"):
-            raise ValueError("HuggingFace text towers are not supported")
-        allowed = ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value")
-        unknown = sorted(set(text_cfg) - set(allowed))
-        if unknown:
-            raise ValueError(f"unsupported text_cfg options: {unknown}")
         return cls(model_cfg["embed_dim"], quick_gelu=bool(model_cfg.get("quick_gelu", False)), **text_cfg)
 
     def embed(self, tokens):
