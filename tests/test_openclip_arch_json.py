@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-import launch
-from launch_helpers import TINY
+from launch_helpers import TINY, launch_main
 from mvdream import model_zoo
 from mvdream.checkpoint import load_state_dict_into
 from mvdream.errors import ModelConfigError, user_facing_errors
@@ -93,7 +92,7 @@ def test_launch_reports_bad_arch_json_in_one_line(tmp_path, monkeypatch, capsys,
         (tmp_path / "towers").mkdir()
         (tmp_path / "towers" / "missing.json").write_text(content)
     model_yaml = _model_yaml(tmp_path, "towers/missing.json")  # relative to the working directory
-    code = launch.main(["--config", str(TINY), "--train", "system.prompt_processor.prompt=a cat",
+    code = launch_main(["--config", str(TINY), "--train", "system.prompt_processor.prompt=a cat",
                         f"system.guidance.config_path={model_yaml}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("error: ") and expected in err[-1], err
