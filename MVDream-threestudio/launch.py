@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gif", action="store_true", help="with --test (or after training): also write a gif")
     parser.add_argument("--device_target", default="CPU", choices=["CPU", "Ascend", "GPU"],
                         help="MindSpore device (default: CPU); always PyNative mode")
+    parser.add_argument("--prompts_file", default=None,
+                        help="with --train: one trial per prompt of this file (one per line); under msrun "
+                             "the ranks share the list; re-running it skips the prompts already done")
     parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks on errors")
     return parser
 
@@ -100,11 +103,18 @@ def seed_everything(seed: int):
 
 
 def run(args, extras, logger) -> int:
+    if args.prompts_file:
+        return run_prompts_file(args, extras, logger)
+    train_or_test(args, extras, logger)
+    return 0
+
+
+def train_or_test(args, extras, logger, ranks=None):
+    """One trial; returns its directory (None on data-parallel ranks other than 0). ``ranks``:
+    None joins ``msrun``'s ranks (data-parallel training when there are several)."""
     if args.train_highres and not args.train:
         raise UsageError("--train_highres goes with --train")
-    config_path = args.config
-    if not os.path.isfile(config_path) and os.path.isfile(os.path.join(HERE, config_path)):
-        config_path = os.path.join(HERE, config_path)  # the default works from any directory
+    config_path = resolve_config_path(args.config)
 
     from threestudio.utils.experiment import (
         checkpoint_config, dump_configs, load_experiment, make_trial_dir, trainer_config)
@@ -122,6 +132,18 @@ def run(args, extras, logger) -> int:
     from mvdream.runtime import setup_runtime
 
     setup_runtime(args.device_target)
+    if ranks is None:
+        from mvdream.ranks import join_msrun
+
+        ranks = join_msrun()
+        if ranks.world > 1:
+            logger.info("%s (pid %d)", ranks, os.getpid())
+            if not args.train:  # rendering and export run on one process
+                if not ranks.is_writer:
+                    return None
+                from mvdream.ranks import Ranks
+
+                ranks = Ranks()
     seed_everything(cfg.seed)
     if args.export:
         return run_export(cfg, raw, resolved, logger)
@@ -131,11 +153,14 @@ def run(args, extras, logger) -> int:
     from threestudio.utils.trainer import Trainer, restore_checkpoint
 
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None  # fail early on a bad path
-    dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed)
+    dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed, rank=ranks.rank, world_size=ranks.world)
     dm.setup()
     system = threestudio.find(cfg.system_type)(cfg.system, resumed=ckpt is not None,
                                                precision=trainer_cfg.precision, eval_only=args.test)
-    trainer = Trainer(trainer_cfg, ckpt_cfg)
+    from threestudio.utils.distributed import GradMeanAllReduce
+
+    trainer = Trainer(trainer_cfg, ckpt_cfg, grad_reducer=GradMeanAllReduce(ranks.world) if ranks.world > 1 else None,
+                      writer=ranks.is_writer)
     start_step = 0
     if args.train:
         trainer.setup_optimization(system)
@@ -152,6 +177,10 @@ def run(args, extras, logger) -> int:
         if start_step >= stop:
             raise UsageError(f"the checkpoint is at step {start_step}: nothing to train up to "
                              f"trainer.max_steps={max_steps}")
+
+    if not ranks.is_writer:  # data-parallel rank > 0: same steps, rank 0 writes everything
+        trainer.fit(system, dm, start_step, stop)
+        return None
 
     # everything is valid: only now create the trial directory
     trial_dir = make_trial_dir(cfg)
@@ -173,7 +202,65 @@ def run(args, extras, logger) -> int:
         logger.info("checkpoint: %s", result["checkpoint"])
     elif args.test:
         trainer.test(system, dm, formats=formats)
+    return trial_dir
+
+
+def run_prompts_file(args, extras, logger) -> int:
+    """--train --prompts_file: one trial per distinct prompt; msrun's ranks share the list (no
+    communication: each rank trains its prompts on its own device). State and summary.tsv in
+    <exp_root_dir>/<name>/prompt_lists/<file name>/."""
+    import json
+
+    from mvdream.prompt_list import PromptListState, read_prompts, run_prompt_list
+    from mvdream.ranks import Ranks, join_msrun
+    from mvdream.runtime import setup_runtime
+    from threestudio.utils.experiment import load_experiment
+
+    if not args.train or args.train_highres:
+        raise UsageError("--prompts_file goes with --train (both stages: trainer.stop_at_milestone=false)")
+    for key in ("system.prompt_processor.prompt=", "resume="):
+        if any(e.startswith(key) for e in extras):
+            raise UsageError(f"--prompts_file gives the prompts: drop {key}... from the command line")
+    prompts, duplicates = read_prompts(args.prompts_file)
+    if duplicates:
+        logger.warning("%d prompt(s) appear more than once in %s and run once: %s", len(duplicates),
+                       args.prompts_file, "; ".join(duplicates))
+
+    def overrides(prompt):
+        return list(extras) + ["system.prompt_processor.prompt=" + json.dumps(prompt)]
+
+    cfg, _, _ = load_experiment(resolve_config_path(args.config), overrides(prompts[0]))  # fail before any work
+    state = PromptListState(os.path.join(cfg.exp_root_dir, cfg.name, "prompt_lists",
+                                         os.path.basename(args.prompts_file)))
+    setup_runtime(args.device_target)
+    ranks = join_msrun()
+
+    def train_one(prompt):
+        handlers = list(logger.handlers)
+        try:
+            return train_or_test(args, overrides(prompt), logger, ranks=Ranks())
+        finally:  # each trial's log.txt gets its own trial only
+            for handler in [h for h in logger.handlers if h not in handlers]:
+                logger.removeHandler(handler)
+                handler.close()
+
+    records = run_prompt_list(prompts, ranks, state, train_one, logger, known_errors=(Exception,))
+    failed = [r for r in records if r["status"] != "done"]
+    logger.info("summary: %s", state.directory / "summary.tsv")
+    if failed:
+        message = f"{len(failed)} of this rank's {len(records)} prompts failed; see {state.directory / 'summary.tsv'}"
+        if ranks.world > 1:  # a non-zero exit would make msrun stop the other ranks' prompts
+            logger.warning(message)
+            return 0
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     return 0
+
+
+def resolve_config_path(config_path: str) -> str:
+    if not os.path.isfile(config_path) and os.path.isfile(os.path.join(HERE, config_path)):
+        return os.path.join(HERE, config_path)  # the default works from any directory
+    return config_path
 
 
 def run_export(cfg, raw, resolved, logger) -> int:
@@ -225,8 +312,10 @@ def known_errors():
         from mvdream.checkpoint import CheckpointError as ModelCheckpointError
     except ImportError:  # pragma: no cover
         ModelCheckpointError = CheckpointError
+    from mvdream.prompt_list import PromptListError
+
     return (UsageError, NotImplementedYet, ConfigError, MeshExportError, CheckpointError, ModelCheckpointError,
-            OmegaConfBaseException, FileNotFoundError, KeyError)
+            OmegaConfBaseException, FileNotFoundError, KeyError, PromptListError)
 
 
 def main(argv=None) -> int:
@@ -249,7 +338,10 @@ def main(argv=None) -> int:
         if args.verbose:
             traceback.print_exc(limit=-4)
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"error: {str(message).splitlines()[0] if message else type(err).__name__}", file=sys.stderr)
+        from mvdream.ranks import msrun_rank_prefix
+
+        print(f"error: {msrun_rank_prefix()}{str(message).splitlines()[0] if message else type(err).__name__}",
+              file=sys.stderr)
         return 2 if isinstance(err, NotImplementedYet) else 1
 
 

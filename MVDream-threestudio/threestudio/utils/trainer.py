@@ -15,7 +15,7 @@ import csv
 import logging
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import mindspore as ms
 import numpy as np
@@ -96,8 +96,13 @@ def restore_checkpoint(path: str, arrays, meta, system, optimizer=None, params=N
 
 
 class Trainer:
-    def __init__(self, cfg: TrainerConfig, ckpt_cfg: CheckpointConfig, trial_dir: Optional[str] = None):
+    def __init__(self, cfg: TrainerConfig, ckpt_cfg: CheckpointConfig, trial_dir: Optional[str] = None,
+                 grad_reducer: Optional[Callable] = None, writer: bool = True):
+        """Data-parallel ranks (``threestudio.utils.distributed``): ``grad_reducer(loss, grads)``
+        returns their means over the ranks; only the ``writer`` rank saves checkpoints,
+        metrics and validation images."""
         self.cfg, self.ckpt_cfg = cfg, ckpt_cfg
+        self.grad_reducer, self.writer = grad_reducer, writer
         self.optimizer = self.params = None
         self._grad_fn = None
         self._batch = None
@@ -135,6 +140,8 @@ class Trainer:
     def train_step(self, system, batch) -> float:
         self._batch = batch
         loss, grads = self._grad_fn()
+        if self.grad_reducer is not None:
+            loss, grads = self.grad_reducer(loss, grads)
         self.optimizer(grads)
         self._batch = None
         return float(loss.asnumpy())
@@ -145,7 +152,7 @@ class Trainer:
             self.setup_optimization(system)
         cfg, every = self.cfg, self.ckpt_cfg.every_n_train_steps
         val_every = cfg.val_check_interval if isinstance(cfg.val_check_interval, int) else 0
-        if cfg.num_sanity_val_steps and start_step == 0:
+        if cfg.num_sanity_val_steps and start_step == 0 and self.writer:
             self.validate(system, dm, start_step, limit=cfg.num_sanity_val_steps)
         losses, last_ckpt, saved_at = [], None, None
         bar = tqdm(total=stop_step, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
@@ -165,6 +172,8 @@ class Trainer:
             bar.update(1)
             if not np.isfinite(loss):
                 logger.warning("step %d: loss is %s", global_step, loss)
+            if not self.writer:
+                continue
             if cfg.log_every_n_steps and global_step % cfg.log_every_n_steps == 0:
                 self.metrics.log({"step": global_step, "loss": loss, "steps_per_s": round(rate, 4),
                                   **{k: v for k, v in system.train_log.items() if k != "train/loss"}})
@@ -178,7 +187,7 @@ class Trainer:
         if stop_step > start_step:
             logger.info("trained steps %d..%d: final loss %.6g, %.2f step/s", start_step + 1, stop_step,
                         losses[-1], (stop_step - start_step) / max(time.time() - t0, 1e-9))
-        if saved_at != stop_step:
+        if saved_at != stop_step and self.writer:
             last_ckpt = self.save(system, dm, stop_step)
         return {"losses": losses, "checkpoint": last_ckpt}
 

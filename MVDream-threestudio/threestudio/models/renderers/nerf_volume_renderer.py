@@ -166,8 +166,9 @@ class NeRFVolumeRenderer(VolumeRenderer):
         return self.training and self.cfg.randomized
 
     # ------------------------------------------------------------------ sampling
-    def _sample(self, rays_o: np.ndarray, rays_d: np.ndarray):
-        """Packed ``(ray_indices, t_starts, t_ends)`` (NumPy) for flattened rays."""
+    def _sample(self, rays_o: np.ndarray, rays_d: np.ndarray, shard=None):
+        """Packed ``(ray_indices, t_starts, t_ends)`` (NumPy) for flattened rays; ``shard``: this
+        data-parallel rank's rows of the whole batch (its ray jitter is drawn for all rows)."""
         grid_prune = self.cfg.grid_prune
         alpha_prune = grid_prune and self.cfg.prune_alpha_threshold
 
@@ -190,10 +191,11 @@ class NeRFVolumeRenderer(VolumeRenderer):
             stratified=self.randomized,
             cone_angle=0.0,
             early_stop_eps=1e-4 if grid_prune else 0.0,
+            shard=shard,
         )
 
-    def _sample_and_count(self, rays_o: Tensor, rays_d: Tensor):
-        ray_np, t_starts_np, t_ends_np = self._sample(rays_o.asnumpy(), rays_d.asnumpy())
+    def _sample_and_count(self, rays_o: Tensor, rays_d: Tensor, shard=None):
+        ray_np, t_starts_np, t_ends_np = self._sample(rays_o.asnumpy(), rays_d.asnumpy(), shard)
         for key, value in (("n_rays", rays_o.shape[0]), ("n_marched", self.estimator.last_num_marched),
                            ("n_grid", self.estimator.last_num_grid), ("n_samples", ray_np.size)):
             self.stats[key] = self.stats.get(key, 0) + value
@@ -247,7 +249,8 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
     # ------------------------------------------------------------------ forward
     def construct(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor,
-                  bg_color: Optional[Tensor] = None, **kwargs) -> dict:
+                  bg_color: Optional[Tensor] = None, shard=None, **kwargs) -> dict:
+        # shard: the data-parallel rank's part of the batch (threestudio.utils.distributed)
         batch_size, height, width = rays_o.shape[:3]
         n_rays = batch_size * height * width
         rays_o_flat, rays_d_flat = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
@@ -257,9 +260,10 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
         grad_chunk = self.grad_chunk_size
         if self.training and 0 < grad_chunk < n_rays:
-            res = self._render_rays_chunked_grad(rays_o_flat, rays_d_flat, light_flat, grad_chunk, **kwargs)
+            res = self._render_rays_chunked_grad(rays_o_flat, rays_d_flat, light_flat, grad_chunk, shard, **kwargs)
         elif self.training:
-            res = self._render_rays(rays_o_flat, rays_d_flat, light_flat, **kwargs)
+            res = self._render_rays(rays_o_flat, rays_d_flat, light_flat,
+                                    samples=self._sample_and_count(rays_o_flat, rays_d_flat, shard), **kwargs)
         else:
             # bound memory: sample and composite ``eval_chunk_size`` rays at a time
             step = self.cfg.eval_chunk_size if self.cfg.eval_chunk_size > 0 else n_rays
@@ -308,11 +312,11 @@ class NeRFVolumeRenderer(VolumeRenderer):
         return int(size)
 
     def _render_rays_chunked_grad(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor, chunk: int,
-                                  **kwargs) -> dict:
+                                  shard=None, **kwargs) -> dict:
         """Per-ray read-outs of a training render whose backward pass holds the activations of
         ``chunk`` rays at a time (see ``_ChunkedRayGrad``). The samples are drawn once, so the
         chunks re-render exactly the samples of the forward pass."""
-        samples = self._sample_and_count(rays_o, rays_d)
+        samples = self._sample_and_count(rays_o, rays_d, shard)
         params = self.geometry.trainable_params() + self.material.trainable_params()
         cell = _ChunkedRayGrad(self, samples, chunk, params, kwargs)
         values = cell(rays_o, rays_d, light_positions, *params)
