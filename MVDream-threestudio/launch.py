@@ -211,7 +211,7 @@ def run_prompts_file(args, extras, logger) -> int:
     <exp_root_dir>/<name>/prompt_lists/<file name>/."""
     import json
 
-    from mvdream.prompt_list import PromptListState, read_prompts, run_prompt_list
+    from mvdream.prompt_list import SUMMARY, PromptListState, list_outcome, read_prompts, run_prompt_list
     from mvdream.ranks import Ranks, join_msrun
     from mvdream.runtime import setup_runtime
     from threestudio.utils.experiment import load_experiment
@@ -234,6 +234,8 @@ def run_prompts_file(args, extras, logger) -> int:
                                          os.path.basename(args.prompts_file)))
     setup_runtime(args.device_target)
     ranks = join_msrun()
+    if ranks.world > 1:
+        logger.info("%s (pid %d)", ranks, os.getpid())
 
     def train_one(prompt):
         handlers = list(logger.handlers)
@@ -244,17 +246,15 @@ def run_prompts_file(args, extras, logger) -> int:
                 logger.removeHandler(handler)
                 handler.close()
 
-    records = run_prompt_list(prompts, ranks, state, train_one, logger, known_errors=(Exception,))
-    failed = [r for r in records if r["status"] != "done"]
-    logger.info("summary: %s", state.directory / "summary.tsv")
-    if failed:
-        message = f"{len(failed)} of this rank's {len(records)} prompts failed; see {state.directory / 'summary.tsv'}"
-        if ranks.world > 1:  # a non-zero exit would make msrun stop the other ranks' prompts
-            logger.warning(message)
-            return 0
+    records = run_prompt_list(prompts, ranks, state, train_one, logger)
+    summary = state.directory / SUMMARY
+    logger.info("summary: %s", summary)
+    code, message = list_outcome(records, ranks, summary)
+    if message and code == 0:
+        logger.warning(message)
+    elif message:
         print(f"error: {message}", file=sys.stderr)
-        return 1
-    return 0
+    return code
 
 
 def resolve_config_path(config_path: str) -> str:

@@ -1,5 +1,6 @@
 """Errors that command-line tools report as one line (no traceback)."""
 from .checkpoint import CheckpointError
+from .prompt_list import PromptListError
 
 
 class UnknownModelError(ValueError):
@@ -8,4 +9,4 @@ class UnknownModelError(ValueError):
 
 def user_facing_errors():
     """Exception types whose message alone tells the user what to fix."""
-    return (CheckpointError, UnknownModelError, FileNotFoundError)
+    return (CheckpointError, UnknownModelError, FileNotFoundError, PromptListError)

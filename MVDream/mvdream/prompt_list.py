@@ -3,7 +3,7 @@
 * ``read_prompts``: one prompt per line; blank lines and lines starting with ``#`` are skipped;
   a prompt given twice runs once (on purpose: its outputs would be identical).
 * Ranks share the list without talking to each other: rank r of N takes prompts r, r + N, ...
-* ``PromptListState``: a JSON record per prompt in the list's state directory, written
+* ``PromptListState``: a JSON record per prompt in ``<list directory>/status/``, written
   atomically by the rank that runs it (status ``running`` / ``done`` / ``failed``, output,
   seconds, error), and ``summary.tsv`` (prompt, status, output, seconds, error) rebuilt from
   all records after every prompt, so the last rank to finish leaves the complete table.
@@ -78,7 +78,7 @@ class PromptListState:
         self.directory = Path(directory)
 
     def _path(self, prompt: str) -> Path:
-        return self.directory / f"{prompt_key(prompt)}.json"
+        return self.directory / "status" / f"{prompt_key(prompt)}.json"
 
     def get(self, prompt: str) -> Optional[Dict]:
         try:
@@ -88,7 +88,7 @@ class PromptListState:
         return record if record.get("prompt") == prompt else None
 
     def put(self, prompt: str, **fields) -> Dict:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._path(prompt).parent.mkdir(parents=True, exist_ok=True)
         record = {"prompt": prompt, **fields}
         _write_atomic(self._path(prompt), json.dumps(record, indent=1))
         return record
@@ -147,3 +147,14 @@ def run_prompt_list(prompts: Sequence[str], ranks: Ranks, state: PromptListState
         state.write_summary(prompts)
     state.write_summary(prompts)
     return records
+
+
+def list_outcome(records: Sequence[Dict], ranks: Ranks, summary: Path) -> Tuple[int, Optional[str]]:
+    """(exit code, message) of a rank after its share: 1 and an error line when one of its
+    prompts failed, except under msrun with several ranks, where the rank exits 0 (msrun stops
+    every other rank as soon as one exits non-zero) and the message is a warning."""
+    failed = [r for r in records if r.get("status") != "done"]
+    if not failed:
+        return 0, None
+    message = f"{len(failed)} of {len(records)} prompts of {ranks} failed; see {summary}"
+    return (0, message) if ranks.world > 1 else (1, message)

@@ -42,6 +42,10 @@ def parse_args(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--device_target", type=str, default="CPU", choices=["CPU", "Ascend", "GPU"])
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--prompts_file", type=str, default=None,
+                        help="previews of every prompt of this file (one per line) instead of --text: "
+                             "<output without .png>/<prompt>-<id>.png, state and summary.tsv there; "
+                             "under msrun the ranks share the list; re-running skips the prompts done")
     return parser.parse_args(argv)
 
 
@@ -83,18 +87,27 @@ def validate(args):
 def main(argv=None):
     args = parse_args(argv)
     validate(args)
-    output = resolve_output(args.output, args.overwrite)
+    if args.prompts_file:
+        from mvdream.prompt_list import read_prompts
+
+        prompts, duplicates = read_prompts(args.prompts_file)  # before loading any weights
+        if duplicates:
+            print(f"warning: {len(duplicates)} prompt(s) appear more than once in {args.prompts_file} and run "
+                  f"once: {'; '.join(duplicates)}", file=sys.stderr)
+        output = resolve_output(Path(args.output).with_suffix("") / "summary.png", True).parent
+    else:
+        output = resolve_output(args.output, args.overwrite)
 
     import mindspore as ms
-    from PIL import Image
 
-    from mvdream.camera_utils import get_camera
     from mvdream.model_zoo import build_model, load_model_config
+    from mvdream.ranks import Ranks, join_msrun
     from mvdream.runtime import setup_runtime
-    from mvdream.ldm.models.diffusion.ddim import DDIMSampler
-    from mvdream.t2i import latent_downsampling_factor, t2i
+    from mvdream.t2i import latent_downsampling_factor
 
     setup_runtime(args.device_target)
+    # under msrun the ranks share a prompt list (msrun's scheduler process stops in here)
+    ranks = join_msrun() if args.prompts_file else Ranks()
     # Check the size against the config before loading gigabytes of weights.
     factor = latent_downsampling_factor(load_model_config(args.model_name, args.config_path))
     if args.size <= 0 or args.size % factor:
@@ -102,6 +115,19 @@ def main(argv=None):
     model = build_model(args.model_name, ckpt_path=args.ckpt_path, cache_dir=args.cache_dir,
                         config_path=args.config_path, weights_dtype=ms.float16 if args.fp16 else None)
     model.set_train(False)
+    if args.prompts_file:
+        return preview_prompt_list(args, model, prompts, output, ranks)
+    return write_previews(args, model, args.text, output)
+
+
+def write_previews(args, model, text, output):
+    """Grid and per-view PNGs of ``text`` (+ ``--suffix``) at ``output``."""
+    import mindspore as ms
+    from PIL import Image
+
+    from mvdream.camera_utils import get_camera
+    from mvdream.ldm.models.diffusion.ddim import DDIMSampler
+    from mvdream.t2i import t2i
 
     sampler = DDIMSampler(model)
     batch_size = max(4, args.num_frames)  # as the original: at least 4 images per row
@@ -112,7 +138,7 @@ def main(argv=None):
                             azimuth_span=args.camera_azim_span)
         camera = ms.ops.tile(camera, (batch_size // args.num_frames, 1))
     uc = model.get_learned_conditioning([args.negative_prompt])
-    prompt = args.text + args.suffix
+    prompt = text + args.suffix
 
     rows = []
     for row in range(args.n_samples):
@@ -133,6 +159,32 @@ def main(argv=None):
     print(f"wrote {output} ({grid.shape[1]}x{grid.shape[0]}, {args.n_samples} rows x {len(rows[0])} views) "
           f"and {len(view_paths)} view images {view_paths[0].name} ... {view_paths[-1].name}")
     return output
+
+
+def preview_prompt_list(args, model, prompts, directory, ranks):
+    """--prompts_file: previews of this rank's prompts into ``directory``, resumable."""
+    import logging
+    import re
+
+    from mvdream.prompt_list import PromptListState, list_outcome, prompt_key, run_prompt_list
+
+    logger = logging.getLogger("mvdream.t2i")
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler(sys.stdout))
+        logger.setLevel(logging.INFO)
+    state = PromptListState(directory)
+
+    def preview(prompt):
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:60] or "prompt"
+        return write_previews(args, model, prompt, directory / f"{slug}-{prompt_key(prompt)[:8]}.png")
+
+    records = run_prompt_list(prompts, ranks, state, preview, logger)
+    code, message = list_outcome(records, ranks, directory / "summary.tsv")
+    print(f"{'warning' if code == 0 else 'error'}: {message}" if message else
+          f"summary: {directory / 'summary.tsv'}", file=sys.stderr if message else sys.stdout)
+    if code:
+        sys.exit(code)
+    return directory
 
 
 def cli():
