@@ -155,6 +155,9 @@ def train_or_test(args, extras, logger, ranks=None):
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None  # fail early on a bad path
     dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed, rank=ranks.rank, world_size=ranks.world)
     dm.setup()
+    if args.train and ranks.world > 1:  # before building the model: every rank needs whole view groups
+        first = int(ckpt[1].get("global_step", 0)) if ckpt is not None else 0
+        dm.check_world_size(first, train_stop(cfg, trainer_cfg, first, args.train_highres))
     system = threestudio.find(cfg.system_type)(cfg.system, resumed=ckpt is not None,
                                                precision=trainer_cfg.precision, eval_only=args.test)
     from threestudio.utils.distributed import GradMeanAllReduce
@@ -170,10 +173,7 @@ def train_or_test(args, extras, logger, ranks=None):
         logger.info("resumed from %s at step %d", cfg.resume, start_step)
 
     if args.train:
-        max_steps = stop = trainer_cfg.max_steps
-        if trainer_cfg.stop_at_milestone and not args.train_highres:
-            later = [int(m) for m in (cfg.data.get("resolution_milestones") or []) if start_step < int(m) < max_steps]
-            stop = later[0] if later else max_steps
+        max_steps, stop = trainer_cfg.max_steps, train_stop(cfg, trainer_cfg, start_step, args.train_highres)
         if start_step >= stop:
             raise UsageError(f"the checkpoint is at step {start_step}: nothing to train up to "
                              f"trainer.max_steps={max_steps}")
@@ -203,6 +203,16 @@ def train_or_test(args, extras, logger, ranks=None):
     elif args.test:
         trainer.test(system, dm, formats=formats)
     return trial_dir
+
+
+def train_stop(cfg, trainer_cfg, start_step: int, highres: bool) -> int:
+    """The step a --train run stops at: the next resolution milestone (unless --train_highres or
+    trainer.stop_at_milestone=false), else trainer.max_steps."""
+    max_steps = trainer_cfg.max_steps
+    if trainer_cfg.stop_at_milestone and not highres:
+        later = [int(m) for m in (cfg.data.get("resolution_milestones") or []) if start_step < int(m) < max_steps]
+        return later[0] if later else max_steps
+    return max_steps
 
 
 def run_prompts_file(args, extras, logger) -> int:

@@ -119,10 +119,15 @@ def test_world_size_must_divide_the_view_groups():
     from threestudio.utils.config import ConfigError
     from threestudio.utils.experiment import load_experiment
 
-    cfg, _, _ = load_experiment(TINY, ['system.prompt_processor.prompt="x"', "data.batch_size=[8,4]"])
-    with pytest.raises(ConfigError, match=r"data.batch_size 4 is 1 view group of n_view 4, which 2 ranks cannot "
-                                          r"share .* use a batch size that is a multiple of n_view x ranks = 8"):
-        threestudio.find(cfg.data_type)(cfg.data, rank=0, world_size=2)
+    cfg, _, _ = load_experiment(TINY, ['system.prompt_processor.prompt="x"', "data.batch_size=[8,4]",
+                                       "data.resolution_milestones=[10]"])
+    dm = threestudio.find(cfg.data_type)(cfg.data, rank=0, world_size=2)
+    dm.check_world_size(0, 10)  # the first stage (2 groups) splits; a run that stops at the milestone is fine
+    dm.check_world_size(3, 10)
+    for start, stop in ((0, 11), (10, 20)):
+        with pytest.raises(ConfigError, match=r"data.batch_size 4 is 1 view group of n_view 4, which 2 ranks "
+                                              r"cannot share .* multiple of n_view x ranks = 8"):
+            dm.check_world_size(start, stop)
 
 
 @pytest.mark.e2e

@@ -178,7 +178,6 @@ class RandomMultiviewCameraDataModule(BaseObject):
             if bs % cfg.n_view != 0:
                 raise ConfigError(
                     f"batch_size {bs} is not divisible by n_view {cfg.n_view}; use a multiple of {cfg.n_view}")
-        check_world_size(schedule.batch_sizes, cfg.n_view, world_size)
         self.shard = BatchShard(rank, world_size) if world_size > 1 else None
         if cfg.light_sample_strategy not in LIGHT_SAMPLERS:
             raise ConfigError(f"unknown light_sample_strategy '{cfg.light_sample_strategy}'; "
@@ -210,6 +209,14 @@ class RandomMultiviewCameraDataModule(BaseObject):
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False):
         if self.train_dataset is not None:
             self.train_dataset.update_step(epoch, global_step, on_load_weights)
+
+    def check_world_size(self, start_step: int, stop_step: int):
+        """One-line ConfigError unless the batches of steps ``start_step .. stop_step - 1`` split
+        into whole view groups over the data-parallel ranks."""
+        world = self.shard.world if self.shard is not None else 1
+        schedule = ResolutionSchedule(self.cfg)
+        stages = range(schedule.index(start_step), schedule.index(max(start_step, stop_step - 1)) + 1)
+        check_world_size([schedule.batch_sizes[i] for i in stages], self.cfg.n_view, world)
 
     def get_rng_state(self) -> dict:
         """Generator state (a plain dict) to store with a checkpoint."""
