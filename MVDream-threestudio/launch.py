@@ -230,7 +230,8 @@ def run_prompts_file(args, extras, logger) -> int:
         raise UsageError("--prompts_file goes with --train (both stages: trainer.stop_at_milestone=false)")
     for key in ("system.prompt_processor.prompt=", "resume="):
         if any(e.startswith(key) for e in extras):
-            raise UsageError(f"--prompts_file gives the prompts: drop {key}... from the command line")
+            raise UsageError(f"--prompts_file runs one trial per prompt of the file: drop {key}... "
+                             "from the command line")
     prompts, duplicates = read_prompts(args.prompts_file)
     if duplicates:
         logger.warning("%d prompt(s) appear more than once in %s and run once: %s", len(duplicates),

@@ -94,7 +94,7 @@ def worker(steps: int):
 def launch(ranks: int, steps: int, log_dir: str) -> dict:
     env = dict(os.environ, MS_DEV_HOST_BLOCKING_RUN="1", GLOG_v="3", PYTHONWARNINGS="ignore",
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    script = [str(Path(__file__).resolve()), "--worker", "--steps", str(steps)]
+    script = [str(Path(__file__).resolve()), "--bench_rank", "--steps", str(steps)]
     if ranks == 1:
         cmd = [sys.executable] + script
     else:
@@ -117,9 +117,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6, help="timed steps per run (after 2 warm-up steps)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of (1 rank, 2 ranks)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bench_rank", action="store_true", help=argparse.SUPPRESS)  # msrun would take --worker*
     args = parser.parse_args(argv)
-    if args.worker:
+    if args.bench_rank:
         return worker(args.steps)
     with tempfile.TemporaryDirectory(prefix="bench_msrun_") as logs:
         for rnd in range(args.rounds):
