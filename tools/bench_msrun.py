@@ -26,6 +26,8 @@ OVERRIDES = ['system.prompt_processor.prompt="a bench"', "data.batch_size=[8,8]"
 
 def worker(steps: int):
     """One rank (plain process or msrun worker): prints a JSON line on rank 0."""
+    # bind before MindSpore starts its threads (they inherit it); msrun exports RANK_ID on one node
+    os.sched_setaffinity(0, {int(os.environ.get("RANK_ID", "0")) % (os.cpu_count() or 1)})
     sys.path[:0] = [str(ROOT / "MVDream"), str(ROOT / "MVDream-threestudio")]
     import random
 
@@ -41,7 +43,6 @@ def worker(steps: int):
 
     setup_runtime("CPU", threads=1)
     ranks = join_msrun()
-    os.sched_setaffinity(0, {ranks.rank % (os.cpu_count() or 1)})
     cfg, _, _ = load_experiment(str(TINY), OVERRIDES)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -101,13 +101,16 @@ def main(argv=None):
     import mindspore as ms
 
     from mvdream.model_zoo import build_model, load_model_config
-    from mvdream.ranks import Ranks, join_msrun
+    from mvdream.ranks import join_msrun
     from mvdream.runtime import setup_runtime
     from mvdream.t2i import latent_downsampling_factor
 
     setup_runtime(args.device_target)
-    # under msrun the ranks share a prompt list (msrun's scheduler process stops in here)
-    ranks = join_msrun() if args.prompts_file else Ranks()
+    # under msrun the ranks share a prompt list (msrun's scheduler process stops in here);
+    # a single prompt is rank 0's job
+    ranks = join_msrun()
+    if not (args.prompts_file or ranks.is_writer):
+        return None
     # Check the size against the config before loading gigabytes of weights.
     factor = latent_downsampling_factor(load_model_config(args.model_name, args.config_path))
     if args.size <= 0 or args.size % factor:
