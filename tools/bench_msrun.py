@@ -8,7 +8,8 @@ rank r on core r, MindSpore limited to one thread. Each rank times real training
 (``Trainer.train_step`` with the AllReduce gradient reducer of launch.py) after 2 warm-up steps,
 and the time spent in the reducer (one AllReduce of loss + gradients; it also waits for the
 slower rank). Then it times the bare AllReduce of a buffer of the same size, right after a
-synchronising AllReduce: the communication cost itself. One JSON line per (round, ranks).
+synchronising AllReduce (the communication cost itself), and of a buffer the size of the full
+config's trainable state (mvdream-sd21.yaml: 12.6M values, 50 MB). One JSON line per (round, ranks).
 """
 import argparse
 import json
@@ -21,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "MVDream-threestudio" / "configs" / "mvdream-tiny.yaml"
+# trainable values of configs/mvdream-sd21.yaml (hash grid 12,604,272 + background 448) + the loss
+FULL_SIZE_VALUES = 12_604_721
 OVERRIDES = ['system.prompt_processor.prompt="a bench"', "data.batch_size=[8,8]", "trainer.enable_progress_bar=false"]
 
 
@@ -75,21 +78,24 @@ def worker(steps: int):
             step_s.append(time.perf_counter() - start)
     reduce_s = reduce_s[2:]
     n_values = 1 + sum(int(np.prod(p.shape)) for p in trainer.params)
-    bare_s = []
+    bare_s, full_s = [], []
     if ranks.world > 1:
         op = ms.ops.AllReduce()
-        buf = ms.Tensor(np.ones(n_values, np.float32))
-        for _ in range(10):
-            op(ms.Tensor(np.ones(1, np.float32))).asnumpy()  # synchronise the ranks
-            start = time.perf_counter()
-            op(buf).asnumpy()
-            bare_s.append(time.perf_counter() - start)
+        for n, times, repeat in ((n_values, bare_s, 10), (FULL_SIZE_VALUES, full_s, 3)):
+            buf = ms.Tensor(np.ones(n, np.float32))
+            for _ in range(repeat):
+                op(ms.Tensor(np.ones(1, np.float32))).asnumpy()  # synchronise the ranks
+                start = time.perf_counter()
+                op(buf).asnumpy()
+                times.append(time.perf_counter() - start)
     if ranks.is_writer:
         print(json.dumps({"ranks": ranks.world, "step_s": round(float(np.median(step_s)), 4),
                           "step_s_all": [round(s, 3) for s in step_s],
                           "reducer_s": round(float(np.median(reduce_s)), 4) if reduce_s else 0.0,
                           "bare_allreduce_s": round(float(np.median(bare_s)), 5) if bare_s else 0.0,
-                          "allreduce_bytes": 4 * n_values}), flush=True)
+                          "allreduce_bytes": 4 * n_values,
+                          "bare_allreduce_full_size_s": round(float(np.median(full_s)), 4) if full_s else 0.0,
+                          "full_size_bytes": 4 * FULL_SIZE_VALUES}), flush=True)
 
 
 def launch(ranks: int, steps: int, log_dir: str) -> dict:
