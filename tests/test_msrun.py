@@ -131,3 +131,20 @@ def test_a_crashing_rank_ends_the_run_and_is_named(tmp_path):
     assert wait_for(lambda: not alive(pids[0]), 30), "rank 0 survived its peer"
     # msrun names the process that failed; launch.py's first log line maps it to its rank
     assert f"rank 1/2 (pid {pids[1]})" in out and f"Worker process {pids[1]} exit with exception" in out, out[-3000:]
+
+
+def test_t2i_prompt_list_is_shared_by_two_ranks(tmp_path, parity_dir):
+    from msrun_helpers import T2I
+
+    (tmp_path / "p.txt").write_text("a red apple\na blue car\na green frog\n")
+    args = ["--config_path", parity_dir / "tiny_mvdream.yaml", "--ckpt_path", parity_dir / "tiny_mvdream.pt",
+            "--size", 16, "--steps", 2, "--n_samples", 1, "--no_progress", "--prompts_file", "p.txt",
+            "--output", "previews/list.png"]
+    rc, out = run_msrun(T2I, args, tmp_path, tmp_path / "logs")
+    assert rc == 0, out[-3000:]
+    records = _records(tmp_path / "previews" / "list")
+    assert sorted(records) == ["a blue car", "a green frog", "a red apple"]
+    for i, prompt in enumerate(["a red apple", "a blue car", "a green frog"]):
+        assert records[prompt]["status"] == "done" and records[prompt]["rank"] == i % 2
+        assert (tmp_path / records[prompt]["output"]).is_file()
+    assert len([p for p in (tmp_path / "previews" / "list").glob("*.png") if "_r0_v" not in p.name]) == 3
