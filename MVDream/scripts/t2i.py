@@ -94,6 +94,7 @@ def main(argv=None):
         if duplicates:
             print(f"warning: {len(duplicates)} prompt(s) appear more than once in {args.prompts_file} and run "
                   f"once: {'; '.join(duplicates)}", file=sys.stderr)
+        # the list's directory (checked and created as an output would be): previews/list.png -> previews/list/
         output = resolve_output(Path(args.output).with_suffix("") / "summary.png", True).parent
     else:
         output = resolve_output(args.output, args.overwrite)
