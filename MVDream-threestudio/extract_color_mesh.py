@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="output file .obj/.ply/.glb (default <trial>/save/it<step>-export/model.obj)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--chunk", type=int, default=1 << 18, help="points per field evaluation (memory bound)")
-    parser.add_argument("--device_target", default="CPU", choices=["CPU", "Ascend", "GPU"])
+    parser.add_argument("--device_target", default=None, choices=["CPU", "Ascend", "GPU"],
+                        help="MindSpore device (default: the best present: Ascend, then GPU, then CPU)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
 
@@ -69,7 +70,7 @@ def run(args) -> dict:
     if args.output:
         mx.check_output(args.output, args.overwrite)  # fail before the long part
     cfg = load_run_config(args.config or mx.config_next_to(ckpt))
-    setup_runtime(args.device_target)
+    setup_runtime(args.device_target, report=print)
     fields = mx.load_trained_fields(ckpt, cfg.system_type, cfg.system)
     output = args.output or mx.default_output(mx.trial_dir_of(ckpt), fields.global_step)
     gcfg = fields.geometry.cfg
@@ -83,8 +84,6 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     sys.path.insert(0, HERE)
-    import mvdream.runtime  # noqa: F401  (MindSpore's environment, before MindSpore starts)
-
     args = build_parser().parse_args(argv)
     from omegaconf.errors import OmegaConfBaseException
 

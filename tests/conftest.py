@@ -1,11 +1,6 @@
 """Shared test setup: paths to the parity fixtures and the threestudio package."""
-import os
 import sys
 from pathlib import Path
-
-# PyNative on CPU spin-waits on its host queue without this (3-4x slower).
-os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
-os.environ.setdefault("GLOG_v", "3")
 
 REPO = Path(__file__).resolve().parents[1]
 # Reference data of the original PyTorch code, kept in the repository (see its README).
@@ -16,6 +11,11 @@ sys.path.insert(0, str(REPO / "MVDream-threestudio"))
 sys.path.insert(0, str(REPO / "tools"))
 
 import pytest  # noqa: E402
+
+from mvdream.runtime import setup_runtime  # noqa: E402
+
+# the test session is an entry point: its one runtime set-up (tests run on CPU)
+setup_runtime("CPU")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 They implement the interface the real modules expose: ``geometry(points, output_normal)``
 -> dict(density, features[, normal]), ``geometry.forward_density``, ``geometry.cfg.radius``,
 ``geometry.bbox``; ``material(features=..., viewdirs=..., ...)`` -> rgb and
-``material.requires_normal``; ``background(dirs=[B,H,W,3])`` -> colours.
+``material.requires_normal``, ``material.render_options(**kwargs)`` -> dict; ``background(dirs=[B,H,W,3])`` -> colours.
 """
 from types import SimpleNamespace
 
@@ -48,6 +48,9 @@ class TintMaterial(nn.Cell):
     def construct(self, features, viewdirs=None, shading_normal=None, light_positions=None,
                   positions=None, **kwargs):
         return ops.sigmoid(self.scale * (features - 0.5))
+
+    def render_options(self, **kwargs):
+        return {}
 
 
 class ConstantBackground(nn.Cell):

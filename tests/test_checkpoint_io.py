@@ -283,6 +283,7 @@ def _run_convert(*args):
                           capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.e2e
 def test_convert_tiny_checkpoint(tmp_path, parity_dir, tiny_state_dict):
     for suffix in (".ckpt", ".safetensors"):
         out = tmp_path / f"tiny{suffix}"
@@ -298,6 +299,7 @@ def test_convert_tiny_checkpoint(tmp_path, parity_dir, tiny_state_dict):
             np.testing.assert_array_equal(back[key], value, err_msg=key)
 
 
+@pytest.mark.e2e
 def test_convert_failure_leaves_nothing(tmp_path, parity_dir):
     names = _bad_file_cases(tmp_path, parity_dir)
     before = set(os.listdir(tmp_path))
@@ -305,12 +307,13 @@ def test_convert_failure_leaves_nothing(tmp_path, parity_dir):
         proc = _run_convert("--src", tmp_path / name, "--trgt", tmp_path / "out.ckpt")
         assert proc.returncode != 0
         lines = proc.stderr.strip().splitlines()
-        assert lines and lines[-1].startswith("CheckpointError:") and str(tmp_path / name) in lines[-1]
+        assert lines and lines[-1].startswith("error: ") and str(tmp_path / name) in lines[-1]
     proc = _run_convert("--src", parity_dir / "tiny_mvdream.pt", "--trgt", tmp_path / "out.bin")
     assert proc.returncode != 0 and "out.bin" in proc.stderr
     assert set(os.listdir(tmp_path)) == before and "missing.pt" in names
 
 
+@pytest.mark.e2e
 def test_converted_checkpoints_build_the_same_model(tmp_path, parity_dir):
     """.pt -> convert_pt2ms -> .ckpt / .safetensors -> build_model: identical UNet, VAE and text outputs."""
     from mindspore import Tensor
@@ -331,5 +334,39 @@ def test_converted_checkpoints_build_the_same_model(tmp_path, parity_dir):
     for suffix in (".ckpt", ".safetensors"):
         out = tmp_path / f"tiny{suffix}"
         assert _run_convert("--src", parity_dir / "tiny_mvdream.pt", "--trgt", out).returncode == 0
-        for got, want in zip(outputs(out), reference):
-            np.testing.assert_array_equal(got, want)
+        for got, want in zip(outputs(out), reference):  # same weights: equal to fp32 rounding
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.e2e
+def test_convert_refuses_to_replace_and_cleans_up_on_a_full_disk(tmp_path, parity_dir):
+    out = tmp_path / "out.ckpt"
+    out.write_bytes(b"an earlier result")
+    proc = _run_convert("--src", parity_dir / "tiny_mvdream.pt", "--trgt", out)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {out} exists; pass --overwrite to replace it"
+    assert out.read_bytes() == b"an earlier result"
+    # a target that cannot be created (a virtual filesystem): one line, before reading the input
+    proc = _run_convert("--src", parity_dir / "tiny_mvdream.pt", "--trgt", "/proc/out.ckpt")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: /proc/out.ckpt")
+
+    def limit_file_size():  # a full disk: writes past 1 MB fail with EFBIG (SIGXFSZ ignored)
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "MVDream"), os.environ.get("PYTHONPATH", "")]))
+    for suffix in (".ckpt", ".safetensors"):
+        target = tmp_path / f"full{suffix}"
+        proc = subprocess.run([sys.executable, str(CONVERT), "--src", str(parity_dir / "tiny_mvdream.pt"), "--trgt",
+                               str(target), "--overwrite", "--no-progress"], capture_output=True, text=True, env=env,
+                              timeout=300, preexec_fn=limit_file_size)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {target}"), proc.stderr
+        assert "CRITICAL" not in proc.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ckpt"]
+    # --overwrite replaces the file
+    proc = _run_convert("--src", parity_dir / "tiny_mvdream.pt", "--trgt", out, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert len(load_checkpoint_file(out)) == 676

@@ -10,6 +10,8 @@ from mvdream.checkpoint import load_state_dict_into
 from mvdream.ldm.modules.encoders.modules import FrozenOpenCLIPEmbedder
 from mvdream.ldm.modules.encoders.tokenizer import get_tokenizer, tokenize
 
+pytestmark = [pytest.mark.parity]
+
 PREFIX = "cond_stage_model.model."
 
 

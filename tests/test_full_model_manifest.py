@@ -5,12 +5,15 @@ model is built from the shipped ``sd-v2-base.yaml`` and a state dict with the
 manifest's names and shapes (zero-stride arrays, so no 5 GB file is needed) is
 loaded strictly through the same code path as the real checkpoint.
 """
+import pytest
 import numpy as np
 from mindspore.nn.utils import no_init_parameters
 from omegaconf import OmegaConf
 
 from mvdream.ldm.util import instantiate_from_config
 from mvdream.model_zoo import get_config_file
+
+pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 PARAM_COUNTS = {
     "model.diffusion_model.": 867_572_164,

@@ -112,10 +112,9 @@ def test_default_layout_matches_tcnn_table_size():
 def test_auto_backend_falls_back_to_ops_when_the_kernel_cannot_build(monkeypatch, caplog):
     from threestudio.models.hashgrid import cpp_backend
     monkeypatch.setattr(cpp_backend, "_library", RuntimeError("no compiler"))
-    monkeypatch.setattr(hashgrid, "_warned", set())
     layout = hashgrid.GridLayout(3, 2, 2, 8, 4, 2.0)
     with caplog.at_level("WARNING"):
-        backend = hashgrid.make_backend(layout, "auto")
+        backend = hashgrid.make_backend(layout, "auto", device_target="CPU")
     assert backend.name == "ops" and "no compiler" in caplog.text
     with pytest.raises(RuntimeError, match="no compiler"):
         hashgrid.make_backend(layout, "cpp")
@@ -128,3 +127,32 @@ def test_progressive_band_hashgrid_masks_levels():
     enc.encoding.update_step(0, 17)  # level = 1 + (17 - 10) // 5 = 2
     out = enc(x).asnumpy()
     assert np.all(out[:, 4:] == 0) and np.all(out[:, :4] != 0)
+
+
+def test_auto_backend_depends_on_the_device_target(monkeypatch):
+    """``auto``: the C++ kernel only on CPU; pure ops on Ascend and GPU (no device needed: nothing
+    of the C++ kernel is built or checked there)."""
+    from threestudio.models.hashgrid import cpp_backend
+    monkeypatch.delenv(hashgrid.ENV_OVERRIDE, raising=False)
+    monkeypatch.setattr(cpp_backend, "_library", None)
+    monkeypatch.setattr(cpp_backend, "_build", lambda: pytest.fail("the C++ kernel was built off CPU"))
+    layout = hashgrid.GridLayout(3, 2, 2, 8, 4, 2.0)
+    for target in ("Ascend", "GPU"):
+        assert hashgrid.make_backend(layout, "auto", device_target=target).name == "ops"
+    assert hashgrid.auto_candidates("CPU") == ("cpp", "ops")
+    # the current target (CPU in the tests) as MindSpore reports it: under a mocked non-CPU
+    # target a config's grid resolves to ops too
+    real_get_context = ms.get_context
+    monkeypatch.setattr(ms, "get_context", lambda key: "Ascend" if key == "device_target" else real_get_context(key))
+    assert get_encoding(3, dict(CFG)).encoding.backend.name == "ops"
+
+
+def test_backend_is_a_config_key_and_the_environment_overrides_it(monkeypatch):
+    monkeypatch.delenv(hashgrid.ENV_OVERRIDE, raising=False)
+    assert get_encoding(3, dict(CFG, backend="ops")).encoding.backend.name == "ops"
+    monkeypatch.setenv(hashgrid.ENV_OVERRIDE, "ops")
+    assert hashgrid.requested_backend("cpp") == "ops"
+    monkeypatch.delenv(hashgrid.ENV_OVERRIDE)
+    assert hashgrid.requested_backend("cpp") == "cpp" and hashgrid.requested_backend(None) == "auto"
+    with pytest.raises(ValueError, match="unknown hash grid backend 'cuda'"):
+        get_encoding(3, dict(CFG, backend="cuda"))

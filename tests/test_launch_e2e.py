@@ -1,4 +1,5 @@
 """End to end: launch.py --train (stops at the milestone), --train --train_highres resume=, --test."""
+import pytest
 import csv
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import yaml
 
 from launch_helpers import run_launch, tiny_config
 from threestudio.utils.checkpoint import load_checkpoint
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SMALL = ["system.prompt_processor.prompt=a small cat", "exp_root_dir=outputs", "trainer.max_steps=4",
          "data.resolution_milestones=[2]", "data.width=[16,24]", "data.height=[16,24]",

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-import launch
-from launch_helpers import run_launch, tiny_config
+import launch_helpers
+from launch_helpers import launch_main, run_launch, tiny_config
 
 PROMPT = "system.prompt_processor.prompt=a cat"
 
@@ -17,7 +17,7 @@ def workdir(tmp_path, monkeypatch):
 
 
 def _error_line(capsys, argv) -> str:
-    code = launch.main(argv)
+    code = launch_main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
     assert err and err[-1].startswith("error: "), err
@@ -57,6 +57,7 @@ def test_bad_flags_and_files(workdir, capsys):
     _nothing_created(workdir)
 
 
+@pytest.mark.e2e
 def test_foreign_checkpoint_subprocess(workdir):
     """A real process: a checkpoint from another model config is refused with exit code 1."""
     config = tiny_config(workdir)
@@ -73,3 +74,54 @@ def test_foreign_checkpoint_subprocess(workdir):
                                                "system.renderer config differs from this run's")
     assert "Traceback" not in r.stderr
     assert len(list(workdir.glob("outputs/*/*"))) == n_trials
+
+
+def test_more_bad_inputs_are_one_line_before_any_work(workdir, capsys):
+    """Inputs that used to give a traceback (and sometimes an empty trial folder)."""
+    config = tiny_config(workdir)
+    (workdir / "afile").write_text("x")
+    (workdir / "garbage.yaml").write_bytes(b"\x00\xff\xfe: [garbage")
+    (workdir / "list.yaml").write_text("- a\n- b\n")
+    cases = [
+        (["--config", config, "--train", PROMPT, "data.width=[0,0]"], "data.width must be a positive integer"),
+        (["--config", config, "--train", PROMPT, "data.height=[32,-8]"], "data.height must be a positive integer"),
+        (["--config", config, "--train", PROMPT, "exp_root_dir=afile"], "afile is a file, not a folder; set exp_root_dir="),
+        (["--config", "garbage.yaml", "--train", PROMPT], "cannot read config garbage.yaml"),
+        (["--config", "list.yaml", "--train", PROMPT], "config list.yaml is not a mapping of keys"),
+        (["--config", config, "--train", PROMPT, "trainer.precision=8"], "trainer.precision must be 32 or 16-mixed"),
+        (["--config", config, "--train", PROMPT, "seed=-1"], "seed must be in 0..4294967295, got -1"),
+        (["--config", config, "--train", PROMPT, "trainer.max_steps=0"], "trainer.max_steps must be >= 1"),
+        (["--train", "--frobnicate"], "argument '--frobnicate' is neither a flag nor a key=value override"),
+        (["--config", config, PROMPT], "one of the arguments --train --test --export is required"),
+    ]
+    for argv, expected in cases:
+        line = _error_line(capsys, argv)
+        assert expected in line, (argv, line)
+    _nothing_created(workdir)
+
+
+def test_copied_checkpoint_without_trial_folder_asks_for_config(workdir, capsys):
+    (workdir / "copied.ckpt").write_bytes(b"not read: the config is chosen first")
+    for mode in ("--test", "--export", "--train"):
+        line = _error_line(capsys, [mode, "resume=copied.ckpt"])
+        assert line == ("error: copied.ckpt is not inside a trial folder (<trial>/ckpts/ next to "
+                        "<trial>/configs/parsed.yaml): pass the run's config with --config <config.yaml>")
+    _nothing_created(workdir)
+
+
+def test_default_config_falls_back_to_the_example_prompt(workdir, capsys):
+    """No --config and no prompt: the default config takes the README's example prompt (checked
+    by parsing only: trainer.max_steps=-1 stops before any model is built)."""
+    code = launch_main(["--train", "trainer.max_steps=-1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1] == "error: set trainer.max_steps"
+    assert ('no prompt given: using the example prompt "an astronaut riding a horse"; set your own with '
+            'system.prompt_processor.prompt="a cat"') in err[0]
+    # a config without a default prompt (the tiny config has `prompt: ???`) keeps requiring one
+    line = _error_line(capsys, ["--config", tiny_config(workdir), "--train", "trainer.max_steps=1"])
+    assert line.startswith("error: system.prompt_processor.prompt is missing")
+    from threestudio.utils.experiment import DEFAULT_PROMPT, load_experiment
+    cfg, _, _ = load_experiment(str(launch_helpers.THREESTUDIO / "configs" / "mvdream-sd21.yaml"), [],
+                                fallback_prompt=DEFAULT_PROMPT)
+    assert cfg.system["prompt_processor"]["prompt"] == DEFAULT_PROMPT and cfg.tag == "an_astronaut_riding_a_horse"
+    _nothing_created(workdir)

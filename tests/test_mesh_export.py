@@ -17,11 +17,11 @@ import yaml
 from mindspore import Tensor
 
 import extract_color_mesh
-import launch
 import threestudio
 from threestudio.utils import mesh_export as mx
 from threestudio.utils.checkpoint import fingerprint, save_checkpoint
 from threestudio.utils.config import parse_structured
+from launch_helpers import launch_main
 
 STD, SCALE, THRESHOLD = 1.0, 10.0, 3.0
 R0 = STD * (1.0 - np.log(np.expm1(THRESHOLD)) / SCALE)  # 0.70497
@@ -221,12 +221,12 @@ def test_cli_errors_one_line_nothing_left(trial, tmp_path, capsys):
 def test_launch_export(trial, tmp_path, capsys):
     parsed = trial / "configs" / "parsed.yaml"
     ckpt = trial / "ckpts" / "last.ckpt"
-    assert launch.main(["--config", str(parsed), "--export", f"resume={ckpt}",
+    assert launch_main(["--config", str(parsed), "--export", f"resume={ckpt}",
                         "system.geometry.density_blob_std=0.8"]) == 1  # another geometry
     assert "different model: its system.geometry config differs" in capsys.readouterr().err
     assert not (trial / "save").exists()
     # isosurface_* only steer the export: not part of the checkpoint's identity
-    code = launch.main(["--config", str(parsed), "--export", f"resume={ckpt}", "system.exporter.fmt=ply",
+    code = launch_main(["--config", str(parsed), "--export", f"resume={ckpt}", "system.exporter.fmt=ply",
                         "system.exporter.save_name=ball", "system.geometry.isosurface_resolution=40"])
     assert code == 0, capsys.readouterr().err
     out = trial / "save" / "it7-export" / "ball.ply"  # parsed.yaml's timestamp: the same trial dir

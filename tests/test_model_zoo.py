@@ -164,7 +164,7 @@ def test_build_model_from_local_config_and_checkpoint(tmp_path, tiny_state_dict)
     OmegaConf.save(OmegaConf.create({"model": stub_config(with_last_block=False)}), config_path)
     ckpt = save_state_dict(tiny_state_dict, tmp_path / "tiny.safetensors")
     model = build_model(None, ckpt_path=ckpt, config_path=config_path)
-    np.testing.assert_array_equal(model.sqrt_alphas_cumprod.asnumpy(), tiny_state_dict["sqrt_alphas_cumprod"])
+    np.testing.assert_allclose(model.sqrt_alphas_cumprod.asnumpy(), tiny_state_dict["sqrt_alphas_cumprod"], rtol=1e-6)
     with pytest.raises(CheckpointError) as err:
         build_model(None, ckpt_path=tmp_path / "absent.pt", config_path=config_path)
     assert str(tmp_path / "absent.pt") in str(err.value)

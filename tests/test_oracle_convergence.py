@@ -23,11 +23,14 @@ Set-up choices, each needed for the targets to be reachable:
     E|mean + std * eps - target|^2 = |mean - target|^2 + |std|^2 trades the distance for std.
 The distance is measured on deterministic (eval-mode) renders and posterior means.
 """
+import pytest
 import numpy as np
 from mindspore import Tensor, nn, ops
 
 from launch_helpers import build_tiny
-from threestudio.models.guidance.multiview_diffusion_guidance import resize_bilinear
+from threestudio.utils.resize import resize_bilinear
+
+pytestmark = [pytest.mark.slow]
 
 N_VIEW, RENDER, LATENT_IMAGE = 4, 32, 16
 OVERRIDES = [

@@ -6,6 +6,7 @@ AdamW (``parse_optimizer``, MVDream's per-module learning rates) on an MSE loss.
 an analytic two-coloured sphere, ray-traced exactly in NumPy (4x4 supersampled, so silhouettes
 are anti-aliased as a volume renders them). Must reach >= 25 dB PSNR on held-out 64x64 views.
 """
+import pytest
 import os
 import time
 
@@ -15,8 +16,11 @@ from mindspore import Tensor, nn
 
 import threestudio
 from threestudio.systems.optim import parse_optimizer
+from threestudio.utils.autodiff import no_grad
 from threestudio.utils.base import Updateable
 from threestudio.utils.ops import get_ray_directions, get_rays, look_at_c2w, spherical_to_cartesian
+
+pytestmark = [pytest.mark.slow]
 
 SIZE, SUPERSAMPLE, FOVY_DEG, DISTANCE = 64, 4, 40.0, 2.0
 SPHERE_CENTER, SPHERE_RADIUS = np.array([0.08, -0.05, 0.04]), 0.36
@@ -129,7 +133,7 @@ def fit_and_evaluate():
 
     scene.set_train(False)
     test_o, test_d = cameras(test_elev, test_azim, SIZE)
-    with ms._no_grad():
+    with no_grad():
         pred = scene.renderer(Tensor(test_o), Tensor(test_d), Tensor(np.zeros((4, 3), np.float32)))["comp_rgb"]
     pred = pred.asnumpy()
     test_rgb, coverage = target_images(test_elev, test_azim)

@@ -157,8 +157,7 @@ def test_system_weights_loads_parameters_only(tmp_path):
 def _step_gradients(system, trainer, batch, seed, guidance_state):
     _seed_globals(seed)
     system.guidance.set_rng_state(guidance_state)
-    trainer._batch = batch
-    loss, grads = trainer._grad_fn()
+    loss, grads = trainer._grad_fn(batch)
     return float(loss.asnumpy()), [g.asnumpy() for g in grads]
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = [pytest.mark.e2e]
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "MVDream" / "scripts" / "t2i.py"
 
@@ -45,15 +47,28 @@ def test_t2i_writes_grid_and_views_deterministically(tmp_path, tiny_args):
 
 @pytest.mark.parametrize("extra, message", [
     (["--size", 12], "--size must be a positive multiple of 8"),
+    (["--size", 0], "--size must be a positive multiple of 8"),
     (["--num_frames", 0], "--num_frames must be >= 1"),
     (["--output", "/proc/forbidden/x.png"], "--output"),
+    (["--seed", -1], "--seed must be in 0.."),
+    (["--scale", "nan"], "--scale must be a finite number, got nan"),
+    (["--scale", "inf"], "--scale must be a finite number, got inf"),
+    (["--camera_elev", "nan"], "--camera_elev must be a finite number"),
+    (["--steps", "nan"], "error: argument --steps: invalid int value: 'nan'"),
+    (["--steps", 0], "--steps must be in 1..1000"),
+    (["--config_path", "{tmp}/garbage.yaml"], "is not a model config"),
+    (["--config_path", "{tmp}/list.yaml"], "is not a model config"),
 ])
 def test_t2i_bad_arguments_give_one_line_errors(tmp_path, tiny_args, extra, message):
+    (tmp_path / "garbage.yaml").write_bytes(b"\x00\xff\xfe: [garbage")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    extra = [str(a).replace("{tmp}", str(tmp_path)) for a in extra]
     args = [a for a in tiny_args] + ["--output", tmp_path / "x.png"] + extra
     proc = _run(*args)
     assert proc.returncode != 0
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_t2i_offline_without_weights_names_file_and_flag(tmp_path):

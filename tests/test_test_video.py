@@ -7,8 +7,9 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-import launch
-from launch_helpers import TINY
+from launch_helpers import TINY, launch_main
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 COMMON = ["system.prompt_processor.prompt=a ball", "exp_root_dir=outputs", "data.eval_height=32",
           "data.eval_width=32", "system.renderer.num_samples_per_ray=32"]
@@ -25,7 +26,7 @@ def trained(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        assert launch.main(["--config", str(config), "--train", *COMMON, "trainer.max_steps=1",
+        assert launch_main(["--config", str(config), "--train", *COMMON, "trainer.max_steps=1",
                             "data.n_val_views=1", "data.n_test_views=1", "data.width=[16,16]",
                             "data.height=[16,16]", "system.geometry.normal_type=finite_difference"]) == 0
     finally:
@@ -41,7 +42,7 @@ def _test_run(root, config, ckpt, *extra):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        assert launch.main(["--config", str(config), "--test", f"resume={ckpt}", *COMMON,
+        assert launch_main(["--config", str(config), "--test", f"resume={ckpt}", *COMMON,
                             "system.geometry.normal_type=finite_difference", *extra]) == 0
     finally:
         os.chdir(cwd)

@@ -8,6 +8,8 @@ from mvdream.checkpoint import load_state_dict_into
 from mvdream.ldm.modules.diffusionmodules.openaimodel import MultiViewUNetModel
 from mvdream.ldm.modules.diffusionmodules.util import timestep_embedding
 
+pytestmark = [pytest.mark.parity]
+
 PREFIX = "model.diffusion_model."
 RTOL = 1e-5   # max|err| <= RTOL * max|golden| (README: UNet noise floor <= 1.8e-6)
 ATOL = 1e-4

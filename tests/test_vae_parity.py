@@ -9,6 +9,8 @@ from mvdream.checkpoint import load_state_dict_into
 from mvdream.ldm.models.autoencoder import AutoencoderKL
 from mvdream.ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 
+pytestmark = [pytest.mark.parity]
+
 PREFIX = "first_stage_model."
 SCALE_FACTOR = 0.18215  # LatentDiffusionInterface.scale_factor
 

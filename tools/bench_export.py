@@ -23,8 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
-os.environ.setdefault("GLOG_v", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MVDream-threestudio"))
 DEFAULT_CONFIG = ROOT / "MVDream-threestudio" / "configs" / "mvdream-sd21.yaml"

@@ -17,14 +17,11 @@ RSS so far (settings run from small to large).
 """
 import argparse
 import json
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
-os.environ.setdefault("GLOG_v", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "MVDream"), str(ROOT / "MVDream-threestudio")]
 
@@ -122,6 +119,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "fp16", "both"], default="both")
     args = parser.parse_args()
+    from mvdream.runtime import setup_runtime
+
+    setup_runtime("CPU")
     settings = [(8, 8), (16, 4)] if args.tiny else [(64, 8), (256, 4)]
     precisions = {"fp32": [False], "fp16": [True], "both": [False, True]}[args.precision]
     for fp16 in precisions:

@@ -11,9 +11,8 @@ import os
 import sys
 import time
 
-os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
-os.environ.setdefault("GLOG_v", "3")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "MVDream-threestudio"))
+sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", name)
+                for name in ("MVDream", "MVDream-threestudio")]
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
@@ -32,6 +31,9 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--input-grad", action="store_true", help="also differentiate w.r.t. the points")
     args = parser.parse_args()
+    from mvdream.runtime import setup_runtime
+
+    setup_runtime("CPU")
     enc = get_encoding(3, DEFAULT).encoding
     rng = np.random.default_rng(0)
     x = Tensor(rng.uniform(0, 1, (args.n, 3)).astype(np.float32))

@@ -58,9 +58,9 @@ def worker(steps: int):
     if ranks.world > 1:
         all_reduce = GradMeanAllReduce(ranks.world)
 
-        def reducer(loss, grads):
+        def reducer(loss, grads, signalled=False):
             start = time.perf_counter()
-            out = all_reduce(loss, grads)
+            out = all_reduce(loss, grads, signalled)
             out[0].asnumpy()
             reduce_s.append(time.perf_counter() - start)
             return out

@@ -20,17 +20,14 @@ machine use e.g. ``--views 8,1`` (one 256x256 view) and scale.
 """
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
-os.environ.setdefault("GLOG_v", "3")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "MVDream-threestudio"))
+sys.path[:0] = [str(ROOT / "MVDream"), str(ROOT / "MVDream-threestudio")]
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
@@ -113,6 +110,9 @@ def bench(renderer, params, batch, iters):
 
 
 def run(args):
+    from mvdream.runtime import setup_runtime
+
+    setup_runtime("CPU")
     np.random.seed(0)  # stratified offsets, grid jitter
     ms.set_seed(0)
     import random

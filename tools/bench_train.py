@@ -20,25 +20,22 @@ RSS of the process so far (settings run from small to large) and, off CPU, peak 
 """
 import argparse
 import json
-import os
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
-os.environ.setdefault("GLOG_v", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "MVDream"), str(ROOT / "MVDream-threestudio"), str(Path(__file__).resolve().parent)]
 
 import numpy as np  # noqa: E402
 import mindspore as ms  # noqa: E402
 
-import launch  # noqa: E402
 import threestudio  # noqa: E402
 from bench_guidance import Timer  # noqa: E402
-from threestudio.utils.experiment import checkpoint_config, load_experiment, trainer_config  # noqa: E402
+from threestudio.utils.experiment import (checkpoint_config, load_experiment, seed_everything,  # noqa: E402
+                                          trainer_config)
 from threestudio.utils.trainer import Trainer  # noqa: E402
 
 CONFIGS = ROOT / "MVDream-threestudio" / "configs"
@@ -54,7 +51,7 @@ TINY = ("mvdream-tiny.yaml", ["data.width=[8,16]", "data.height=[8,16]", "data.b
 
 def build(config, overrides, trial_dir):
     cfg, _, _ = load_experiment(str(CONFIGS / config), COMMON + overrides)
-    launch.seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed)
     dm.setup()
     tcfg = trainer_config(cfg)

@@ -1,18 +1,51 @@
-"""Process-level MindSpore setup shared by the command-line tools."""
+"""Process-level MindSpore setup: one explicit ``setup_runtime(...)`` call at each entry point
+(scripts, tools, the test session), before the first MindSpore op. Importing this module
+changes nothing."""
+import logging
 import os
 
-# PyNative on CPU spin-waits on its host queue without this (3-4x slower). It must be
-# set before MindSpore starts its runtime, so importing this module sets it.
-os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
-os.environ.setdefault("GLOG_v", "3")
+logger = logging.getLogger(__name__)
+
+# Devices in order of preference when none is given.
+DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
 
 
-def setup_runtime(device_target="CPU", threads=None):
-    """PyNative mode on ``device_target``; ``threads`` caps the CPU kernel threads
-    (MindSpore's default of 25 oversubscribes small machines)."""
+def detect_device_target() -> str:
+    """The best device this MindSpore build can use here: Ascend, then GPU, then CPU."""
     import mindspore as ms
 
-    ms.set_context(mode=ms.PYNATIVE_MODE, device_target=device_target)
+    # is_available() logs two warnings per missing device plugin: expected here, not news
+    logging.disable(logging.WARNING)
+    try:
+        for target in DEVICE_TARGETS[:-1]:
+            if getattr(ms.device_context, target.lower()).is_available():
+                return target
+    finally:
+        logging.disable(logging.NOTSET)
+    return "CPU"
+
+
+def setup_runtime(device_target=None, threads=None, report=None) -> str:
+    """Set up MindSpore for this process; returns the device target used.
+
+    * environment (only where not set already): ``MS_DEV_HOST_BLOCKING_RUN=1`` (PyNative on CPU
+      otherwise spin-waits on its host queue, 3-4x slower; read when the runtime starts, so this
+      must run before the first op) and ``GLOG_v=3`` (quiet C++ log);
+    * PyNative mode on ``device_target`` (None: ``detect_device_target()``, and the choice is
+      reported with ``report(line)``, default: this module's logger at INFO);
+    * ``threads`` caps the CPU kernel threads (default on CPU: the core count; MindSpore's
+      default of 25 oversubscribes small machines).
+    """
+    os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
+    os.environ.setdefault("GLOG_v", "3")
+    import mindspore as ms
+
+    if device_target is None:
+        device_target = detect_device_target()
+        (report or logger.info)(f"device_target: {device_target} (the best device present; "
+                                "pass --device_target to choose)")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_device(device_target)
     if threads is None and device_target == "CPU":
         threads = os.cpu_count() or 1
     if threads:
@@ -20,3 +53,4 @@ def setup_runtime(device_target="CPU", threads=None):
             ms.device_context.cpu.op_tuning.threads_num(int(threads))
         except RuntimeError:
             pass  # the runtime already started in this process (a second call): keep its setting
+    return device_target

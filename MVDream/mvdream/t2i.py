@@ -3,11 +3,6 @@ import numpy as np
 from mindspore import ops
 
 
-def vae_downsampling_factor(model):
-    """Image pixels per latent pixel (8 for the released models)."""
-    return 2 ** (model.first_stage_model.encoder.num_resolutions - 1)
-
-
 def latent_downsampling_factor(model_config):
     """Image pixels per latent pixel times the UNet's total downsampling, from a model config.
 
@@ -29,7 +24,7 @@ def t2i(model, image_size, prompt, uc, sampler, steps=50, scale=10.0, batch_size
     if camera is not None:
         cond["camera"] = uncond["camera"] = camera
         cond["num_frames"] = uncond["num_frames"] = num_frames
-    latent_size = image_size // vae_downsampling_factor(model)
+    latent_size = image_size // model.vae_downsampling_factor
     shape = [model.model.diffusion_model.in_channels, latent_size, latent_size]
     samples, _ = sampler.sample(S=steps, conditioning=cond, batch_size=batch_size, shape=shape,
                                 verbose=verbose, unconditional_guidance_scale=scale,

@@ -5,21 +5,27 @@ Same flags as the original MVDream script, plus --steps, --scale, --negative_pro
 --n_samples, --output, --overwrite and --device_target.
 """
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-import mvdream.runtime  # noqa: F401  (sets MindSpore's environment before it starts)
-
 
 class UsageError(ValueError):
     """Bad command-line input; reported as one line."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one ``error: ...`` line (exit 2), like every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; see --help\n")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_name", type=str, default="sd-v2.1-base-4view", help="pretrained model name")
     parser.add_argument("--config_path", type=str, default=None, help="local model config (with --ckpt_path)")
     parser.add_argument("--ckpt_path", type=str, default=None, help="local checkpoint (.pt/.pth/.ckpt/.safetensors)")
@@ -40,7 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--fp16", action="store_true", help="run UNet and VAE in float16")
     parser.add_argument("--output", type=str, default="sample.png", help="grid PNG path")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    parser.add_argument("--device_target", type=str, default="CPU", choices=["CPU", "Ascend", "GPU"])
+    parser.add_argument("--device_target", type=str, default=None, choices=["CPU", "Ascend", "GPU"],
+                        help="MindSpore device (default: the best present: Ascend, then GPU, then CPU)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--prompts_file", type=str, default=None,
                         help="previews of every prompt of this file (one per line) instead of --text: "
@@ -74,6 +81,14 @@ def resolve_output(path, overwrite):
 
 
 def validate(args):
+    for flag in ("scale", "camera_elev", "camera_azim", "camera_azim_span"):
+        value = getattr(args, flag)
+        if not math.isfinite(value):
+            raise UsageError(f"--{flag} must be a finite number, got {value}")
+    if not 0 <= args.seed <= 2 ** 31 - 1 - args.n_samples:
+        raise UsageError(f"--seed must be in 0..{2 ** 31 - 1 - max(args.n_samples, 0)}, got {args.seed}")
+    if args.size <= 0:
+        raise UsageError(f"--size must be a positive multiple of 8, got {args.size}")
     if args.num_frames < 1:
         raise UsageError(f"--num_frames must be >= 1, got {args.num_frames}")
     if args.n_samples < 1:
@@ -82,6 +97,23 @@ def validate(args):
         raise UsageError(f"--steps must be in 1..1000, got {args.steps}")
     if args.config_path is not None and args.ckpt_path is None:
         raise UsageError("--config_path needs --ckpt_path (the weights that fit that config)")
+
+
+def downsampling_factor(model_name, config_path):
+    """The latent factor of the model config; a config file that is not one is a one-line error."""
+    from mvdream.model_zoo import load_model_config
+    from mvdream.t2i import latent_downsampling_factor
+
+    try:
+        return latent_downsampling_factor(load_model_config(model_name, config_path))
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        if config_path is None:
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"--config_path {config_path} is not a model config ({reason}); "
+                         "pass the YAML that goes with --ckpt_path") from None
 
 
 def main(argv=None):
@@ -101,20 +133,19 @@ def main(argv=None):
 
     import mindspore as ms
 
-    from mvdream.model_zoo import build_model, load_model_config
+    from mvdream.model_zoo import build_model
     from mvdream.ranks import join_msrun
     from mvdream.runtime import setup_runtime
-    from mvdream.t2i import latent_downsampling_factor
 
-    setup_runtime(args.device_target)
+    setup_runtime(args.device_target, report=print)
     # under msrun the ranks share a prompt list (msrun's scheduler process stops in here);
     # a single prompt is rank 0's job
     ranks = join_msrun()
     if not (args.prompts_file or ranks.is_writer):
         return None
     # Check the size against the config before loading gigabytes of weights.
-    factor = latent_downsampling_factor(load_model_config(args.model_name, args.config_path))
-    if args.size <= 0 or args.size % factor:
+    factor = downsampling_factor(args.model_name, args.config_path)
+    if args.size % factor:
         raise UsageError(f"--size must be a positive multiple of {factor} for this model, got {args.size}")
     model = build_model(args.model_name, ckpt_path=args.ckpt_path, cache_dir=args.cache_dir,
                         config_path=args.config_path, weights_dtype=ms.float16 if args.fp16 else None)

@@ -66,12 +66,13 @@ class HashGridEncoding(Encoding):
     ``params`` is one flat Parameter with tcnn's layout (level offsets padded to 8 entries,
     ``n_features_per_level`` values per entry), initialised U(-1e-4, 1e-4) as tcnn does.
     The lookup itself is delegated to a backend from :mod:`threestudio.models.hashgrid`
-    (``implementation`` argument, or the process-wide default) so that a compiled kernel can
-    replace the pure-ops one without touching the parameters.
+    (``implementation`` argument, else the config's ``backend``: auto / ops / cpp, see there) so
+    that a compiled kernel can replace the pure-ops one without touching the parameters.
     """
 
     config_keys = ("type", "n_levels", "n_features", "n_features_per_level", "log2_hashmap_size",
-                   "base_resolution", "per_level_scale", "interpolation", "stochastic_interpolation")
+                   "base_resolution", "per_level_scale", "interpolation", "stochastic_interpolation",
+                   "backend")
 
     def __init__(self, n_input_dims: int, config, implementation: str = None):
         super().__init__()
@@ -101,10 +102,10 @@ class HashGridEncoding(Encoding):
         self.n_input_dims = n_input_dims
         self.n_output_dims = n_levels * n_features_per_level
         self.params = Parameter(initializer(Uniform(1e-4), (self.layout.n_params,), ms.float32), name="params")
-        self.set_implementation(implementation)
+        self.set_implementation(implementation or hashgrid.requested_backend(cfg.get("backend")))
 
     def set_implementation(self, name: str = None):
-        """Switch the lookup backend ("ops", "cpp", or None/"auto" for the best available)."""
+        """Switch the lookup backend ("ops", "cpp", or None/"auto": see ``hashgrid.make_backend``)."""
         self.backend = hashgrid.make_backend(self.layout, name)
 
     def construct(self, x):

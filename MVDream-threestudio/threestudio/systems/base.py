@@ -26,7 +26,7 @@ import threestudio
 
 from ..utils.base import Updateable
 from ..utils.checkpoint import CheckpointError, load_checkpoint
-from ..utils.config import ConfigError, config_to_primitive
+from ..utils.config import ConfigError, config_to_primitive, log_ignored_keys
 from ..utils.misc import C
 from ..utils.saving import SaverMixin
 from .optim import parse_optimizer
@@ -80,11 +80,12 @@ class BaseSystem(nn.Cell, Updateable, SaverMixin):
 
         self.cfg = parse_structured(self.Config, cfg, prefix="system")
         self.resumed = resumed
-        self.half_precision = str(precision) in ("16", "16-mixed")
+        self.precision = precision  # trainer.precision, for the modules that depend on it
         self.true_global_step = 0
         self.true_current_epoch = 0
         if self.cfg.scheduler is not None:
             raise ConfigError("system.scheduler (learning-rate schedules) is not supported yet; remove it")
+        log_ignored_keys(self.cfg, ("loggers", "cleanup_after_validation_step", "cleanup_after_test_step"), "system")
         self.configure()
         if self.cfg.weights is not None:
             self.load_weights(self.cfg.weights, self.cfg.weights_ignore_modules)
@@ -225,10 +226,15 @@ class BaseLift3DSystem(BaseSystem):
         before building any module)."""
         sections = {name: [getattr(cfg, f"{name}_type"), config_to_primitive(getattr(cfg, name))]
                     for name in cls.STATE_MODULES}
-        # isosurface_* only steer mesh export (e.g. --export with another resolution)
+        # isosurface_* only steer mesh export (e.g. --export with another resolution), and the
+        # hash grid's backend only how it is computed (every backend gives the same values)
         geometry = sections["geometry"][1]
         if isinstance(geometry, dict):
-            sections["geometry"][1] = {k: v for k, v in geometry.items() if not str(k).startswith("isosurface")}
+            geometry = {k: v for k, v in geometry.items() if not str(k).startswith("isosurface")}
+            if isinstance(geometry.get("pos_encoding_config"), dict):
+                geometry["pos_encoding_config"] = {k: v for k, v in geometry["pos_encoding_config"].items()
+                                                   if k != "backend"}
+            sections["geometry"][1] = geometry
         optimizer = config_to_primitive(cfg.optimizer) or {}
         sections["optimizer"] = [optimizer.get("name", "AdamW"), sorted((optimizer.get("params") or {}).keys())]
         return sections

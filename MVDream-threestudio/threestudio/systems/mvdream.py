@@ -9,26 +9,21 @@ guidance (which returns ``loss_sds``), and adds the regularisers, every weight a
   opaque      BCE(clamp(opacity), clamp(opacity))
   z_variance  mean of z_variance over pixels with opacity > 0.5      (0 when there are none)
 
-Port options: ``use_recompute`` (recompute the guidance's heavy cells in the backward pass to
-save memory) and the trainer's ``precision: 16-mixed`` (guidance heavy cells in fp16).
-A guidance may name its heavy cells with ``heavy_cells()`` (default: its ``model``) and take
-fp16 itself with ``set_half_precision(True)``.
+The system builds the guidance with the trainer's precision (the guidance applies the precision
+rule, ``compute_in_fp16``) and hands the guidance's text encoder and its cache key to the prompt
+processor. Port option ``use_recompute``: recompute the guidance's heavy cells in the backward pass
+to save memory; a guidance may name them with ``heavy_cells()`` (default: its ``model``).
 """
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
-import logging
-
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore import dtype as mstype
 
 import threestudio
 
-from ..utils.config import ConfigError, parse_structured
+from ..utils.config import ConfigError, log_ignored_keys, parse_structured
 from .base import BaseLift3DSystem
-
-logger = logging.getLogger("threestudio")
 
 
 @dataclass
@@ -56,38 +51,27 @@ class MVDreamSystem(BaseLift3DSystem):
 
     def configure(self):
         self.loss_cfg = parse_structured(MVDreamLossConfig, self.cfg.loss, prefix="system.loss")
+        log_ignored_keys(self.cfg, ("visualize_samples",), "system")
         super().configure()
         self.train_log: Dict[str, float] = {}
         if self.eval_only:
             self.guidance = self.prompt_processor = None
             return
-        self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance)
-        for param in self.guidance.get_parameters():
-            param.requires_grad = False  # frozen; never optimised nor checkpointed
-        self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
+        # the guidance keeps its frozen model out of the cell tree: never optimised nor checkpointed
+        self.guidance = threestudio.find(self.cfg.guidance_type)(self.cfg.guidance, precision=self.precision)
+        self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(
+            self.cfg.prompt_processor, text_encoder=self.guidance.encode_text,
+            cache_key=self.guidance.text_encoder_key)
         self.prompt_utils = self.prompt_processor()
-        self._configure_guidance_execution()
+        if self.cfg.use_recompute:
+            for cell in self._heavy_guidance_cells():
+                cell.recompute()
 
     def _heavy_guidance_cells(self) -> List[nn.Cell]:
         if hasattr(self.guidance, "heavy_cells"):
             return list(self.guidance.heavy_cells())
         model = getattr(self.guidance, "model", None)
         return [model] if isinstance(model, nn.Cell) else []
-
-    def _configure_guidance_execution(self):
-        heavy = self._heavy_guidance_cells()
-        if self.cfg.use_recompute:
-            for cell in heavy:
-                cell.recompute()
-        if self.half_precision:
-            if ms.get_context("device_target") == "CPU":
-                logger.warning("precision 16-mixed on CPU: fp16 runs about 3x slower than fp32 here; "
-                               "use trainer.precision=32 on CPU")
-            if hasattr(self.guidance, "set_half_precision"):
-                self.guidance.set_half_precision(True)
-            else:
-                for cell in heavy:
-                    cell.to_float(mstype.float16)
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -96,10 +80,14 @@ class MVDreamSystem(BaseLift3DSystem):
     def _require(self, out: Dict[str, Any], keys, loss_name: str):
         for key in keys:
             if key not in out:
-                raise ConfigError(
-                    f"system.loss.{loss_name} > 0 needs the renderer output '{key}', which "
-                    f"{self.cfg.renderer_type} does not give with this config"
-                    + (" (set system.geometry.normal_type, e.g. analytic)" if key == "normal" else ""))
+                hint = ""
+                if key == "normal" and getattr(self.geometry.cfg, "normal_type", None) is None:
+                    hint = " (set system.geometry.normal_type, e.g. analytic)"
+                elif key == "normal":
+                    hint = (" (the renderer computes normals for materials that need them: use e.g. "
+                            "diffuse-with-point-light-material, or set system.material.requires_normal=true)")
+                raise ConfigError(f"system.loss.{loss_name} > 0 needs the renderer output '{key}', which "
+                                  f"{self.cfg.renderer_type} does not give with this config{hint}")
 
     def training_loss(self, batch: Dict[str, Any]) -> Tensor:
         """The scalar loss; fills ``self.train_log`` (plain floats) as a side effect."""

@@ -6,17 +6,22 @@ config fingerprint). The guidance weights are never stored: they are frozen and 
 guidance's own checkpoint.
 
 Writes go to a temporary file in the same directory, then ``os.replace`` (atomic on POSIX), so
-an interrupted save never leaves a truncated ``last.ckpt``.
+an interrupted save never leaves a truncated ``last.ckpt``. A failed write removes its temporary
+names (ours, ``.<name>.<pid>.tmp.ckpt``, and the ``.tmp.tmp`` one MindSpore writes first); the
+names a killed process left behind are removed by the next save or resume in that folder.
 """
 import base64
 import hashlib
 import json
 import os
+import re
 from typing import Any, Dict, Tuple
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor
+
+from mvdream.checkpoint.files import mindspore_scratch_name, save_mindspore_checkpoint
 
 FORMAT = "mvdream-threestudio-mindspore-training-checkpoint/1"
 META_KEY = "__meta__"
@@ -68,19 +73,59 @@ def fingerprint(sections: Dict[str, Any]) -> Dict[str, str]:
 
 
 # ---------------------------------------------------------------- save / load
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp\.(ckpt|tmp)$")
+
+
+def _temporary_name(path: str) -> str:
+    # ends in .ckpt, or MindSpore would append it; MindSpore itself writes <..>.tmp.tmp first
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp.ckpt")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str) -> list:
+    """Remove the temporary checkpoint names of processes that no longer run (killed during a
+    save) from ``directory``; returns what was removed."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in os.listdir(directory):
+        m = _TEMPORARY.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            try:
+                os.remove(os.path.join(directory, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
 def save_checkpoint(path: str, arrays: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
-    """Write ``arrays`` and ``meta`` to ``path`` atomically."""
+    """Write ``arrays`` and ``meta`` to ``path`` atomically; on any failure (full disk, signal)
+    nothing but the previous ``path`` is left, and a one-line CheckpointError is raised."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    # the name must end in .ckpt or MindSpore appends the suffix itself
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp.ckpt")
+    remove_stale_temporaries(directory)
+    tmp = _temporary_name(path)
     items = [{"name": k, "data": Tensor(np.ascontiguousarray(v))} for k, v in arrays.items()]
     try:
-        ms.save_checkpoint(items, tmp, append_dict={META_KEY: json.dumps(_encode({"format": FORMAT, **meta}))})
+        save_mindspore_checkpoint(items, tmp, append_dict={META_KEY: json.dumps(_encode({"format": FORMAT, **meta}))})
+        os.chmod(tmp, 0o644)  # MindSpore leaves 0o400
         os.replace(tmp, path)
+    except OSError as err:
+        raise CheckpointError(f"could not write {path}: {err.strerror or err}") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for name in (tmp, mindspore_scratch_name(tmp)):
+            if os.path.exists(name):
+                os.remove(name)
 
 
 def load_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:

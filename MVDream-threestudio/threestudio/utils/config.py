@@ -1,5 +1,6 @@
 """Config parsing: YAML + ``key=value`` overrides -> OmegaConf -> dataclass ``Config``."""
 import dataclasses
+import logging
 import warnings
 from typing import Any, Optional
 
@@ -101,3 +102,16 @@ def load_config(*yamls: str, cli_args: list = (), from_string: bool = False, **k
     cfg = OmegaConf.merge(*loaded, cli, kwargs)
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def log_ignored_keys(cfg: Any, names, prefix: str) -> None:
+    """Log (info) each of ``names`` that ``cfg`` (a parsed dataclass) sets to a non-default value:
+    keys of the original configs that parse but do nothing in this port. Called once, where the
+    module is configured."""
+    for f in dataclasses.fields(cfg):
+        if f.name not in names:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if config_to_primitive(getattr(cfg, f.name)) != default:
+            logging.getLogger("threestudio").info(
+                "%s.%s: accepted for compatibility, has no effect", prefix, f.name)

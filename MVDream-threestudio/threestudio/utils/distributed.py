@@ -70,8 +70,8 @@ def check_world_size(batch_sizes: Sequence[int], n_view: int, world: int):
 
 
 class GradMeanAllReduce:
-    """Mean over ranks of (loss, gradients) in one ``AllReduce`` (MindSpore's collective:
-    HCCL / NCCL / CPU) of a flat buffer."""
+    """Mean over ranks of (loss, gradients), and whether any rank was signalled, in one
+    ``AllReduce`` (MindSpore's collective: HCCL / NCCL / CPU) of a flat buffer."""
 
     def __init__(self, world: int):
         from mindspore import ops
@@ -79,12 +79,15 @@ class GradMeanAllReduce:
         self.world = world
         self.all_reduce = ops.AllReduce()
 
-    def __call__(self, loss, grads):
-        from mindspore import ops
+    def __call__(self, loss, grads, signalled: bool = False):
+        from mindspore import Tensor, ops
 
-        flat = ops.concat([loss.reshape(1).astype(grads[0].dtype)] + [g.reshape(-1) for g in grads])
+        dtype = grads[0].dtype
+        flag = Tensor(np.array([1.0 if signalled else 0.0]), dtype)
+        flat = ops.concat([loss.reshape(1).astype(dtype), flag] + [g.reshape(-1) for g in grads])
         flat = self.all_reduce(flat) / self.world
-        sizes = [1] + [int(np.prod(g.shape)) for g in grads]
+        sizes = [1, 1] + [int(np.prod(g.shape)) for g in grads]
         parts = ops.split(flat, sizes)
-        return parts[0].reshape(loss.shape).astype(loss.dtype), tuple(
-            p.reshape(g.shape) for p, g in zip(parts[1:], grads))
+        return (parts[0].reshape(loss.shape).astype(loss.dtype),
+                tuple(p.reshape(g.shape) for p, g in zip(parts[2:], grads)),
+                bool(parts[1].asnumpy()[0] > 0))

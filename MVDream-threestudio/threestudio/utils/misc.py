@@ -1,4 +1,6 @@
 """Small helpers shared across modules."""
+import os
+
 from .config import config_to_primitive
 
 
@@ -20,3 +22,11 @@ def C(value, epoch: int, global_step: int):
     current = global_step if isinstance(end_step, int) else epoch
     progress = (current - start_step) / max(end_step - start_step, 1e-12)
     return start_value + (end_value - start_value) * min(max(progress, 0.0), 1.0)
+
+
+def user_cache_dir(*parts: str) -> str:
+    """A folder under the user's cache (``$THREESTUDIO_CACHE_DIR``, default
+    ``~/.cache/threestudio_ms``), never relative to the working directory."""
+    root = os.environ.get("THREESTUDIO_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                   "threestudio_ms")
+    return os.path.join(root, *parts)

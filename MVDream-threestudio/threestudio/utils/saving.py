@@ -6,6 +6,7 @@ rgb takes ``data_format`` ("HWC"/"CHW") and ``data_range`` (default (0, 1)); gra
 ``data_range`` and ``cmap`` (None: gray, "jet" / "magma": a colour map).
 ``save_img_sequence`` turns ``<dir>/<i>.png`` frames into an mp4 (and/or gif).
 """
+import logging
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence
@@ -13,6 +14,17 @@ from typing import Any, Dict, List, Optional, Sequence
 import imageio.v2 as imageio
 import numpy as np
 from mindspore import Tensor
+
+
+def free_name(path: str) -> str:
+    """``path`` if nothing is there yet, else the first free ``<stem>-<n><ext>``."""
+    if not os.path.lexists(path):
+        return path
+    stem, ext = os.path.splitext(path)
+    n = 1
+    while os.path.lexists(f"{stem}-{n}{ext}"):
+        n += 1
+    return f"{stem}-{n}{ext}"
 
 
 def to_numpy(x) -> np.ndarray:
@@ -97,7 +109,8 @@ class SaverMixin:
 
         Frames are streamed (one in memory at a time) into every writer; mp4 (H.264 via
         imageio-ffmpeg, yuv420p) needs even sizes, so odd frames get one replicated edge row or
-        column. Each video is written to a temporary name, then renamed.
+        column. Each video is written to a temporary name, then renamed; an existing video is
+        never replaced (the new one gets the next free ``-<n>`` name, and a log line says so).
         """
         directory = os.path.join(self.get_save_dir(), img_dir)
         pattern = re.compile(matcher)
@@ -106,7 +119,10 @@ class SaverMixin:
         unknown = [f for f in formats if f not in ("mp4", "gif")]
         if unknown:
             raise ValueError(f"unknown video format '{unknown[0]}'")
-        paths = [self.get_save_path(f"{filename}.{fmt}") for fmt in formats]
+        paths = [free_name(self.get_save_path(f"{filename}.{fmt}")) for fmt in formats]
+        for path, fmt in zip(paths, formats):
+            if not path.endswith(f"{filename}.{fmt}"):
+                logging.getLogger("threestudio").warning("%s.%s exists; writing %s instead", filename, fmt, path)
         tmps = [os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.tmp.{fmt}") for p, fmt in zip(paths, formats)]
         writers = []
         try:

@@ -10,12 +10,20 @@ Per training step ``g`` (0-based; ``global_step`` after it is ``g + 1``, as in L
      ``ckpts/step<g+1>.ckpt`` (+ ``last.ckpt``)
 The run ends with a checkpoint at its last step. A checkpoint stores everything that makes a
 resumed run continue exactly like an uninterrupted one (see ``checkpoint_payload``).
+
+Safety: a non-finite loss, gradient or parameter stops the run (``NonFiniteError``) before the
+optimizer step, so every checkpoint on disk holds finite values (``trainer.skip_nonfinite_steps``
+skips such steps instead). The first SIGINT/SIGTERM is acted on at the next step boundary:
+``last.ckpt`` is written and ``TrainingInterrupted`` raised; a second one raises it at once.
 """
+import contextlib
 import csv
 import logging
 import os
+import signal
+import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -25,6 +33,61 @@ from .checkpoint import CheckpointError, check_fingerprint, fingerprint, save_ch
 from .experiment import CheckpointConfig, TrainerConfig
 
 logger = logging.getLogger("threestudio")
+
+
+class NonFiniteError(ArithmeticError):
+    """Training met a non-finite loss, gradient or parameter (one line: step, term, last checkpoint)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM during training. ``checkpoint``: where the state at ``step`` was saved
+    (None when a second signal stopped the run at once)."""
+
+    def __init__(self, signum: int, step: Optional[int] = None, checkpoint: Optional[str] = None):
+        super().__init__(signum, step, checkpoint)
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+@contextlib.contextmanager
+def deferred_signals(signums=(signal.SIGINT, signal.SIGTERM)):
+    """Record the first of ``signums`` in the yielded list (the loop acts on it at a step
+    boundary); a second one raises ``TrainingInterrupted`` at once. No-op off the main thread."""
+    received: List[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received:
+            raise TrainingInterrupted(signum)
+        received.append(signum)
+        # os.write, not logging: a handler may run while the logging lock is held
+        os.write(2, f"\n[INFO] {signal.Signals(signum).name}: saving ckpts/last.ckpt at the end of this step "
+                    "(send it again to stop at once)\n".encode())
+
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _nonfinite_term(values: Dict[str, float]) -> Optional[str]:
+    """The first loss term of a step's log that is not finite (the total last)."""
+    names = sorted(k for k in values if k.startswith("train/loss_")) + ["train/loss"]
+    for name in names:
+        if name in values and not np.isfinite(values[name]):
+            return f"{name[len('train/'):]} = {values[name]}"
+    return None
+
+
+def _first_nonfinite(tensors, names) -> Optional[str]:
+    """Name of the first tensor holding a NaN/Inf (one reduction per tensor, on the device)."""
+    for tensor, name in zip(tensors, names):
+        if not bool(ms.ops.isfinite(tensor).all().asnumpy()):
+            return name
+    return None
 
 
 class MetricsCSV:
@@ -98,14 +161,16 @@ def restore_checkpoint(path: str, arrays, meta, system, optimizer=None, params=N
 class Trainer:
     def __init__(self, cfg: TrainerConfig, ckpt_cfg: CheckpointConfig, trial_dir: Optional[str] = None,
                  grad_reducer: Optional[Callable] = None, writer: bool = True):
-        """Data-parallel ranks (``threestudio.utils.distributed``): ``grad_reducer(loss, grads)``
-        returns their means over the ranks; only the ``writer`` rank saves checkpoints,
-        metrics and validation images."""
+        """Data-parallel ranks (``threestudio.utils.distributed``): ``grad_reducer(loss, grads,
+        signalled)`` returns the means of loss and gradients over the ranks and whether any rank
+        was signalled (so the non-finite guard and SIGINT/SIGTERM act on every rank at the same
+        step); only the ``writer`` rank saves checkpoints (last.ckpt on a signal too), metrics
+        and validation images."""
         self.cfg, self.ckpt_cfg = cfg, ckpt_cfg
         self.grad_reducer, self.writer = grad_reducer, writer
         self.optimizer = self.params = None
         self._grad_fn = None
-        self._batch = None
+        self.last_checkpoint: Optional[str] = None
         if trial_dir is not None:
             self.set_trial_dir(trial_dir)
 
@@ -122,29 +187,68 @@ class Trainer:
         n = sum(int(np.prod(p.shape)) for p in self.params)
         logger.info("optimising %d parameter tensors (%d values)", len(self.params), n)
 
-        def loss_fn():
-            return system.training_loss(self._batch)
+        def loss_fn(batch):  # looked up per call: tools may wrap system.training_loss for timing
+            return system.training_loss(batch)
 
         self._grad_fn = ms.value_and_grad(loss_fn, None, self.params)
+        names = {id(p): n for n, p in system.parameters_and_names()}
+        self.param_names = [names.get(id(p), p.name) for p in self.params]
 
-    def save(self, system, dm, global_step: int, epoch: int = 0) -> str:
+    def save(self, system, dm, global_step: int, epoch: int = 0, periodic: bool = True) -> str:
+        """``ckpts/step<N>.ckpt`` (``periodic``) and ``ckpts/last.ckpt``; never non-finite values."""
         arrays, meta = checkpoint_payload(system, self.optimizer, self.params, dm, global_step, epoch)
-        path = os.path.join(self.ckpt_dir, f"step{global_step}.ckpt")
+        bad = next((k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()), None)
+        if bad is not None:
+            raise NonFiniteError(f"step {global_step}: {bad} is not finite; not saving it"
+                                 f"{self._last_good()}")
+        last = os.path.join(self.ckpt_dir, "last.ckpt")
+        path = os.path.join(self.ckpt_dir, f"step{global_step}.ckpt") if periodic else last
         save_checkpoint(path, arrays, meta)
-        if self.ckpt_cfg.save_last:
-            save_checkpoint(os.path.join(self.ckpt_dir, "last.ckpt"), arrays, meta)
+        if periodic and self.ckpt_cfg.save_last:
+            save_checkpoint(last, arrays, meta)
         logger.info("saved checkpoint %s", path)
+        self.last_checkpoint = path
         return path
 
+    def _last_good(self) -> str:
+        return (f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                else "; no checkpoint was written by this run")
+
     # ------------------------------------------------------------------ loops
-    def train_step(self, system, batch) -> float:
-        self._batch = batch
-        loss, grads = self._grad_fn()
+    def train_step(self, system, batch, global_step: Optional[int] = None) -> Optional[float]:
+        """One optimizer step on ``batch``; returns the loss, or None for a skipped non-finite
+        step (``trainer.skip_nonfinite_steps``). Raises NonFiniteError otherwise.
+        ``global_step``: the step's number after it (for messages)."""
+        return self._step(system, batch, global_step, False)[0]
+
+    def _step(self, system, batch, global_step: Optional[int], signalled: bool) -> Tuple[Optional[float], bool]:
+        """``train_step`` that also returns whether any rank had a pending signal (``signalled``
+        on this one): data-parallel ranks decide together, from the all-reduced loss, gradients
+        and signal flag of this step, so they skip, stop or go on in step."""
+        where = "a training step" if global_step is None else f"step {global_step}"
+        loss, grads = self._grad_fn(batch)
         if self.grad_reducer is not None:
-            loss, grads = self.grad_reducer(loss, grads)
+            loss, grads, signalled = self.grad_reducer(loss, grads, signalled)
+        loss = float(loss.asnumpy())
+        problem = None
+        if not np.isfinite(loss):
+            problem = f"non-finite loss ({_nonfinite_term(getattr(system, 'train_log', {})) or f'loss = {loss}'})"
+        else:
+            name = _first_nonfinite(grads, self.param_names)
+            if name is not None:
+                problem = f"the gradient of {name} is not finite (loss {loss:.6g})"
+        if problem is not None:
+            if self.cfg.skip_nonfinite_steps:
+                logger.warning("%s: %s; step skipped (trainer.skip_nonfinite_steps)", where, problem)
+                return None, signalled
+            raise NonFiniteError(f"{where}: {problem}; training stopped{self._last_good()} "
+                                 "(trainer.skip_nonfinite_steps=true skips such steps)")
         self.optimizer(grads)
-        self._batch = None
-        return float(loss.asnumpy())
+        name = _first_nonfinite(self.params, self.param_names)
+        if name is not None:
+            raise NonFiniteError(f"{where}: parameter {name} became non-finite in the optimizer "
+                                 f"step; training stopped{self._last_good()}")
+        return loss, signalled
 
     def fit(self, system, dm, start_step: int, stop_step: int) -> Dict[str, Any]:
         """Train steps ``start_step .. stop_step - 1``; returns the loss trace and last checkpoint."""
@@ -154,42 +258,62 @@ class Trainer:
         val_every = cfg.val_check_interval if isinstance(cfg.val_check_interval, int) else 0
         if cfg.num_sanity_val_steps and start_step == 0 and self.writer:
             self.validate(system, dm, start_step, limit=cfg.num_sanity_val_steps)
-        losses, last_ckpt, saved_at = [], None, None
+        losses, last_ckpt, saved_at, skipped = [], None, None, 0
         bar = tqdm(total=stop_step, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not cfg.enable_progress_bar)
         t0 = time.time()
         system.set_train(True)
-        for step in range(start_step, stop_step):
-            batch = dm.train_dataset.collate_next(step)
-            system.set_step(0, step)
-            system.do_update_step(0, step)
-            loss = self.train_step(system, batch)
-            losses.append(loss)
-            global_step = step + 1
-            system.set_step(0, global_step)
-            rate = (step + 1 - start_step) / max(time.time() - t0, 1e-9)
-            bar.set_postfix(loss=f"{loss:.4g}", res=f"{batch['height']}x{batch['width']}")
-            bar.update(1)
-            if not np.isfinite(loss):
-                logger.warning("step %d: loss is %s", global_step, loss)
-            if not self.writer:
-                continue
-            if cfg.log_every_n_steps and global_step % cfg.log_every_n_steps == 0:
-                self.metrics.log({"step": global_step, "loss": loss, "steps_per_s": round(rate, 4),
-                                  **{k: v for k, v in system.train_log.items() if k != "train/loss"}})
-                logger.debug("step %d loss %.6g (%.2f step/s)", global_step, loss, rate)
-            if val_every and global_step % val_every == 0:
-                self.validate(system, dm, global_step)
-                system.set_train(True)
-            if every and global_step % every == 0:
-                last_ckpt, saved_at = self.save(system, dm, global_step), global_step
-        bar.close()
-        if stop_step > start_step:
-            logger.info("trained steps %d..%d: final loss %.6g, %.2f step/s", start_step + 1, stop_step,
-                        losses[-1], (stop_step - start_step) / max(time.time() - t0, 1e-9))
-        if saved_at != stop_step and self.writer:
-            last_ckpt = self.save(system, dm, stop_step)
-        return {"losses": losses, "checkpoint": last_ckpt}
+        with deferred_signals() as received:
+            try:
+                for step in range(start_step, stop_step):
+                    batch = dm.train_dataset.collate_next(step)
+                    system.set_step(0, step)
+                    system.do_update_step(0, step)
+                    global_step = step + 1
+                    loss, signalled = self._step(system, batch, global_step, bool(received))
+                    if loss is None:
+                        skipped += 1
+                    else:
+                        losses.append(loss)
+                    system.set_step(0, global_step)
+                    rate = (step + 1 - start_step) / max(time.time() - t0, 1e-9)
+                    bar.set_postfix(loss="skipped" if loss is None else f"{loss:.4g}",
+                                    res=f"{batch['height']}x{batch['width']}")
+                    bar.update(1)
+                    # data-parallel ranks stop on the flag they agreed on in this step's all-reduce
+                    stop = signalled if self.grad_reducer is not None else bool(received)
+                    if self.writer:  # rank 0 logs, validates and saves
+                        if cfg.log_every_n_steps and global_step % cfg.log_every_n_steps == 0:
+                            row = {"step": global_step, "loss": "" if loss is None else loss,
+                                   "steps_per_s": round(rate, 4)}
+                            if cfg.skip_nonfinite_steps:
+                                row["skipped_steps"] = skipped
+                            self.metrics.log({**row, **{k: v for k, v in system.train_log.items()
+                                                        if k != "train/loss"}})
+                            logger.debug("step %d loss %s (%.2f step/s)", global_step, loss, rate)
+                        if val_every and global_step % val_every == 0:
+                            self.validate(system, dm, global_step)
+                            system.set_train(True)
+                        if every and global_step % every == 0:
+                            last_ckpt, saved_at = self.save(system, dm, global_step), global_step
+                        if stop and saved_at != global_step:
+                            self.save(system, dm, global_step, periodic=False)
+                    if stop:  # a signal arrived during this step: saved at its boundary, stop
+                        raise TrainingInterrupted(received[0] if received else signal.SIGTERM, global_step,
+                                                  self.last_checkpoint if self.writer else None)
+            finally:
+                bar.close()  # before any error line
+            if skipped:
+                logger.warning("skipped %d of %d steps with a non-finite loss or gradient", skipped,
+                               stop_step - start_step)
+            if stop_step > start_step and losses:
+                logger.info("trained steps %d..%d: final loss %.6g, %.2f step/s", start_step + 1, stop_step,
+                            losses[-1], (stop_step - start_step) / max(time.time() - t0, 1e-9))
+            if saved_at != stop_step and self.writer:
+                last_ckpt = self.save(system, dm, stop_step)
+        if received:  # arrived during the final save: it is complete, stop before the test renders
+            raise TrainingInterrupted(received[0], stop_step, last_ckpt)
+        return {"losses": losses, "checkpoint": last_ckpt, "skipped": skipped}
 
     def _eval_loop(self, system, dataset, step_fn, desc: str, limit: Optional[int] = None) -> List[str]:
         system.set_train(False)

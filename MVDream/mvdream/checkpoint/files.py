@@ -69,12 +69,40 @@ def load_checkpoint_file(path, progress=False):
     return _read_safetensors(path)
 
 
-def _write_mindspore(state_dict, tmp_path):
+def mindspore_scratch_name(path):
+    """The name ``mindspore.save_checkpoint(..., path)`` writes to before renaming it to ``path``
+    (its ``.ckpt`` suffix becomes ``.tmp``): a failed or killed save leaves this file behind."""
+    root, ext = os.path.splitext(str(path))
+    return root + ext.replace(".ckpt", ".tmp")
+
+
+def save_mindspore_checkpoint(items, path, append_dict=None):
+    """``mindspore.save_checkpoint(items, path)`` that never leaves its scratch file behind and
+    does not print MindSpore's multi-line ``[CRITICAL]`` report when it fails (the caller
+    reports the error in one line). ``path`` must end in ``.ckpt``."""
+    import logging
+
     import mindspore as ms
+
+    scratch = mindspore_scratch_name(path)
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        ms.save_checkpoint(items, str(path), append_dict=append_dict)
+    except BaseException:
+        for name in (scratch, str(path)):
+            if os.path.exists(name):
+                os.remove(name)
+        raise
+    finally:
+        logging.disable(previous)
+
+
+def _write_mindspore(state_dict, tmp_path):
     from mindspore import Tensor
     # from_numpy shares memory with the arrays: no second copy of a multi-GB model.
-    ms.save_checkpoint([{"name": name, "data": Tensor.from_numpy(value)}
-                        for name, value in state_dict.items()], str(tmp_path))
+    save_mindspore_checkpoint([{"name": name, "data": Tensor.from_numpy(value)}
+                               for name, value in state_dict.items()], tmp_path)
 
 
 def _write_safetensors(state_dict, tmp_path):

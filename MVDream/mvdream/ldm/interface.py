@@ -102,6 +102,11 @@ class LatentDiffusionInterface(DiffusionSchedule):
         return self.cond_stage_model.encode(list(prompts)).astype(ms.float32)
 
     # ------------------------------------------------------------ first stage
+    @property
+    def vae_downsampling_factor(self) -> int:
+        """Image pixels per latent pixel (8 for the released models)."""
+        return 2 ** (self.first_stage_model.encoder.num_resolutions - 1)
+
     def encode_first_stage(self, x):
         """The VAE posterior (a DiagonalGaussianDistribution) of images in [-1, 1]."""
         return self.first_stage_model.encode(x.astype(self.compute_dtype))

@@ -40,6 +40,7 @@ class NeuralEnvironmentMapBackground(BaseBackground):
         self.color_activation = get_activation(self.cfg.color_activation)
 
     def construct(self, dirs):
+        # dirs (B, H, W, 3) -> colours (B, H, W, Nc)
         n_out = self.cfg.n_output_dims
         shape = dirs.shape[:-1] + (n_out,)
         if not self.training and self.cfg.eval_color is not None:

@@ -32,6 +32,7 @@ class SolidColorBackground(BaseBackground):
         self.env_color = Parameter(color, name="env_color") if self.cfg.learned else color
 
     def construct(self, dirs):
+        # dirs (B, H, W, 3) -> colours (B, H, W, Nc)
         shape = dirs.shape[:-1] + (self.cfg.n_output_dims,)
         if self.training and self.cfg.random_aug and random.random() < self.cfg.random_aug_prob:
             return ops.broadcast_to(random_colors(dirs.shape[0], self.cfg.n_output_dims), shape)

@@ -9,9 +9,9 @@ restore it exactly; the names follow nerfacc's buffers.
 from typing import Callable, Optional, Tuple
 
 import numpy as np
-import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
+from threestudio.utils.autodiff import no_grad
 from threestudio.utils.distributed import draw_rows
 from threestudio.utils.shape_buckets import call_bucketed
 
@@ -162,7 +162,7 @@ class OccupancyGrid(nn.Cell):
         if fn is not None and (alpha_thre > 0.0 or early_stop_eps > 0.0) and ray_indices.size:
             # as nerfacc: never prune harder than the mean occupancy
             alpha_thre = min(alpha_thre, float(self.occs.asnumpy().mean()))
-            with ms._no_grad():
+            with no_grad():
                 values = _to_numpy(fn(t_starts.astype(np.float32), t_ends.astype(np.float32), ray_indices))
             values = values.reshape(-1).astype(np.float64)
             if sigma_fn is not None:
@@ -237,7 +237,7 @@ class OccupancyGrid(nn.Cell):
         # one jittered point per chosen cell
         x = (self._grid_coords[indices] + np.random.rand(indices.size, 3)) / res
         x = (aabb[:3] + x * (aabb[3:] - aabb[:3])).astype(np.float32)
-        with ms._no_grad():
+        with no_grad():
             # after warm-up the number of cells varies per update: bucket it (see shape_buckets)
             occ = call_bucketed(lambda rows: occ_eval_fn(Tensor(rows)), x).reshape(-1)
         occs = self.occs.asnumpy().copy()

@@ -66,6 +66,7 @@ class BaseImplicitGeometry(BaseGeometry):
         self.unbounded = False
 
     def construct(self, points: Tensor, output_normal: bool = False):
+        # points (..., 3) -> {"density": (..., 1), "features": (..., Nf), "normal": (..., 3) if output_normal}
         raise NotImplementedError
 
     def forward_field(self, points: Tensor):

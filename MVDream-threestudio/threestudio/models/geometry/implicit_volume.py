@@ -104,12 +104,15 @@ class ImplicitVolume(BaseImplicitGeometry):
         return self.encoding(x.reshape(-1, self.cfg.n_input_dims))
 
     def forward_density(self, points: Tensor) -> Tensor:
+        # points (..., 3) -> density (..., 1)
         raw = self.density_network(self._encode(points)).reshape(points.shape[:-1] + (1,))
         return self.get_activated_density(points, raw)[1]
 
     # ------------------------------------------------------------------ forward
 
     def construct(self, points: Tensor, output_normal: bool = False):
+        # points (..., 3) -> {"density": (..., 1), "features": (..., Nf),
+        #                     "normal", "shading_normal": (..., 3) if output_normal}
         lead = points.shape[:-1]
         enc = self._encode(points)
         raw = self.density_network(enc).reshape(lead + (1,))

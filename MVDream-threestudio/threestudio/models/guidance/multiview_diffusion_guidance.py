@@ -26,63 +26,27 @@ Holding the guidance as a child cell of the system is fine: the system's
 ``trainable_params()``/``parameters_and_names()`` contain nothing of it.
 """
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import mindspore as ms
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, ops
 
 import threestudio
 from mvdream import model_zoo
 from mvdream.camera_utils import normalize_camera
-from mvdream.t2i import vae_downsampling_factor
-from threestudio.models.prompt_processors.base import set_default_text_encoder
+from threestudio.utils.autodiff import ChunkedVJP, Untaped, no_grad
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import ConfigError
 from threestudio.utils.distributed import draw_rows
 from threestudio.utils.misc import C
+from threestudio.utils.resize import resize_bilinear
 
 CKPT_OPTION = "system.guidance.ckpt_path"
-
-
-class _ChunkedVAEGrad(nn.Cell):
-    """``encode(imgs, noise)`` whose backward pass holds the VAE activations of ``chunk``
-    images at a time: nothing is taped in the forward, the backward re-encodes each chunk
-    under ``mindspore.vjp``. Same values and gradients as plain autodiff."""
-
-    def __init__(self, encode, chunk: int):
-        super().__init__()
-        self.encode = encode
-        self.chunk = chunk
-
-    def construct(self, imgs, noise):
-        return self.encode(imgs, noise)
-
-    def bprop(self, imgs, noise, out, dout):
-        grads = []
-        for start in range(0, imgs.shape[0], self.chunk):
-            part = slice(start, start + self.chunk)
-            _, vjp_fn = ms.vjp(lambda x: self.encode(x, noise[part]), imgs[part])
-            grads.append(vjp_fn(dout[part])[0])
-        return ops.concat(grads, axis=0), ops.zeros_like(noise)
-
-
-class _Untaped(nn.Cell):
-    """Calls ``fn(*tensors) -> tuple of tensors`` as one opaque op for autodiff: a custom
-    bprop (zero gradients) means PyNative records nothing inside, so the UNet's
-    activations are never kept for a backward pass that would not use them."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def construct(self, *tensors):
-        return self.fn(*tensors)
-
-    def bprop(self, *args):
-        return tuple(ops.zeros_like(x) for x in args[:-2])
+logger = logging.getLogger("threestudio")
 
 
 class _FrozenModel:
@@ -92,36 +56,13 @@ class _FrozenModel:
         self.model = model
 
 
-_RESIZE_CACHE = {}
-
-
-def _bilinear_matrix(out_size: int, in_size: int) -> Tensor:
-    """(out, in) matrix of 1-D bilinear resampling with ``align_corners=False`` (no
-    antialiasing), i.e. exactly what torch's ``F.interpolate(mode="bilinear")`` does
-    along one axis. A 2-D resize is then two matmuls: exact, differentiable, and free of
-    backend-specific resize kernels."""
-    key = (out_size, in_size)
-    if key not in _RESIZE_CACHE:
-        scale = np.float32(in_size / out_size)
-        src = np.maximum((np.arange(out_size, dtype=np.float32) + 0.5) * scale - 0.5, 0.0)
-        lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-        hi = np.minimum(lo + 1, in_size - 1)
-        frac = src - lo
-        matrix = np.zeros((out_size, in_size), np.float32)
-        np.add.at(matrix, (np.arange(out_size), lo), 1.0 - frac)
-        np.add.at(matrix, (np.arange(out_size), hi), frac)
-        _RESIZE_CACHE[key] = Tensor(matrix)
-    return _RESIZE_CACHE[key]
-
-
-def resize_bilinear(images: Tensor, height: int, width: int) -> Tensor:
-    """Bilinear resize of [B, C, H, W] images (align_corners=False)."""
-    in_h, in_w = images.shape[-2:]
-    if (in_h, in_w) == (height, width):
-        return images
-    rows = _bilinear_matrix(height, in_h).astype(images.dtype)
-    cols = _bilinear_matrix(width, in_w).astype(images.dtype)
-    return ops.matmul(ops.matmul(rows, images), cols.T)
+def compute_in_fp16(half_precision_weights: bool, trainer_precision: Any) -> bool:
+    """The precision rule of the guidance, in one place: its diffusion model (UNet, VAE, text
+    encoder) computes in fp16 when ``system.guidance.half_precision_weights`` is true (as in the
+    original, whose default it is) or ``trainer.precision`` is 16 / 16-mixed (the original's
+    autocast); else in fp32. Parameters, norms, the loss and everything outside the guidance
+    (geometry, renderer, optimizer) stay fp32 either way."""
+    return bool(half_precision_weights) or str(trainer_precision) in ("16", "16-mixed")
 
 
 def _group_std(x: Tensor, n_view: int) -> Tensor:
@@ -139,6 +80,8 @@ class MultiviewDiffusionGuidance(BaseModule):
         ckpt_path: Optional[str] = None  # local checkpoint; None: Hugging Face cache / download
         guidance_scale: float = 50.0
         grad_clip: Optional[Any] = None  # plain-SDS branch only; may be scheduled
+        # Precision (the one rule, see ``compute_in_fp16``): the diffusion model computes in fp16
+        # when this is true (the original's key and default) or trainer.precision is 16-mixed.
         half_precision_weights: bool = True
 
         min_step_percent: Any = 0.02  # may be scheduled [start_step, start, end, end_step]
@@ -164,8 +107,8 @@ class MultiviewDiffusionGuidance(BaseModule):
 
     cfg: Config
 
-    def configure(self, precision: Optional[str] = None) -> None:
-        """``precision``: the trainer's precision ("16-mixed" also turns on fp16 compute)."""
+    def configure(self, precision: Any = 32) -> None:
+        """``precision``: the trainer's precision (``trainer.precision``: 32 or 16-mixed)."""
         if self.cfg.camera_condition_type != "rotation":
             raise ConfigError(f"camera_condition_type '{self.cfg.camera_condition_type}' is not supported "
                               "(only 'rotation')")
@@ -174,9 +117,13 @@ class MultiviewDiffusionGuidance(BaseModule):
             param.requires_grad = False
         model.set_train(False)
         self._frozen = _FrozenModel(model)
-        self.set_half_precision(self.cfg.half_precision_weights or str(precision).startswith("16"))
-        # Prompt processors built after this guidance (without an explicit text_encoder) use its text tower.
-        set_default_text_encoder(self.encode_text, self.text_encoder_key)
+        fp16 = compute_in_fp16(self.cfg.half_precision_weights, precision)
+        if fp16 and ms.get_context("device_target") == "CPU":
+            logger.warning("the guidance computes in fp16 (system.guidance.half_precision_weights=%s, "
+                           "trainer.precision=%s), about 3x slower than fp32 on CPU; set both "
+                           "system.guidance.half_precision_weights=false and trainer.precision=32 for fp32",
+                           self.cfg.half_precision_weights, precision)
+        self.set_half_precision(fp16)
 
         self.num_train_timesteps = int(model.num_timesteps)
         self.grad_clip_val: Optional[float] = None
@@ -227,7 +174,7 @@ class MultiviewDiffusionGuidance(BaseModule):
 
     def encode_text(self, prompts) -> Tensor:
         """Text embeddings [N, 77, C] of a list of prompts (the prompt processor's encoder)."""
-        with ms._no_grad():
+        with no_grad():
             return ops.stop_gradient(self.model.get_learned_conditioning(list(prompts)))
 
     @property
@@ -269,7 +216,7 @@ class MultiviewDiffusionGuidance(BaseModule):
     def encode_images(self, imgs: Tensor, posterior_noise: Optional[Tensor] = None, shard=None) -> Tensor:
         """Latents of [B, 3, H, W] images in [0, 1], differentiable w.r.t. ``imgs``."""
         if posterior_noise is None:
-            factor = vae_downsampling_factor(self.model)
+            factor = self.model.vae_downsampling_factor
             channels = self.model.first_stage_model.embed_dim
             posterior_noise = self._normal((imgs.shape[0], channels, imgs.shape[2] // factor,
                                             imgs.shape[3] // factor), shard)
@@ -277,7 +224,7 @@ class MultiviewDiffusionGuidance(BaseModule):
         if chunk is None:
             chunk = 1 if ms.get_context("device_target") == "CPU" else 0
         if 0 < chunk < imgs.shape[0]:
-            return _ChunkedVAEGrad(self._encode, chunk)(imgs, posterior_noise)
+            return ChunkedVJP(self._encode, chunk)(imgs, posterior_noise)
         return self._encode(imgs, posterior_noise)
 
     def _latents(self, rgb, rgb_as_latents, input_is_latent, posterior_noise, shard=None):
@@ -345,10 +292,12 @@ class MultiviewDiffusionGuidance(BaseModule):
     def construct(self, rgb, prompt_utils, elevation, azimuth, camera_distances, c2w, rgb_as_latents=False,
                   fovy=None, timestep=None, text_embeddings=None, input_is_latent=False, noise=None,
                   posterior_noise=None, shard=None, **kwargs):
-        """x0-SDS loss of ``rgb`` [B, H, W, 3] in [0, 1] (or latents [B, 4, h, w] with
-        ``input_is_latent``). ``noise``/``posterior_noise``/``timestep`` replace the
-        random draws; ``shard``: a data-parallel rank's part of the batch (its noise is that rank's
-        rows of the whole batch's). Returns loss_sds, grad_norm, min_step, max_step, timestep."""
+        """x0-SDS loss of ``rgb`` (B, H, W, 3) in [0, 1] (or latents (B, 4, h, w) with
+        ``input_is_latent``); elevation, azimuth, camera_distances: (B,); c2w: (B, 4, 4);
+        ``text_embeddings`` (2B, 77, C) replace ``prompt_utils``'s. ``noise``/``posterior_noise``
+        (B, 4, h, w) / ``timestep`` replace the random draws; ``shard``: a data-parallel rank's
+        part of the batch (its noise is that rank's rows of the whole batch's). Returns loss_sds
+        (scalar), grad_norm (scalar), min_step, max_step, timestep (ints)."""
         cfg = self.cfg
         batch_size = rgb.shape[0]
         if batch_size % cfg.n_view != 0:
@@ -368,8 +317,8 @@ class MultiviewDiffusionGuidance(BaseModule):
             return out_["target"], out_["grad_norm"]
 
         inputs = (ops.stop_gradient(latents), noise, text_embeddings) + (() if c2w is None else (c2w,))
-        with ms._no_grad():
-            target, grad_norm = _Untaped(target_of)(*inputs)
+        with no_grad():
+            target, grad_norm = Untaped(target_of)(*inputs)
         out = {"target": target, "grad_norm": grad_norm}
         target = ops.stop_gradient(target)
 

@@ -8,8 +8,11 @@ differentiable w.r.t. both arguments. Backends register by name:
 * ``"ops"``: pure MindSpore ops (gather + weighted sum); always available.
 * ``"cpp"``: a C++ kernel via ``ops.Custom(func_type="aot")``, compiled with g++ on first use.
 
-``make_backend(layout, None)`` uses the default, taken from ``THREESTUDIO_HASHGRID_IMPL``
-(default ``auto``: the compiled kernel when it builds and loads, else the pure-ops version).
+Which backend a grid uses: ``pos_encoding_config.backend`` (``auto``, ``ops`` or ``cpp``;
+default ``auto``), overridden by the environment variable ``THREESTUDIO_HASHGRID_IMPL`` when it
+is set. ``auto`` depends on the device target: the C++ kernel on CPU (the pure-ops version when
+it cannot be built), pure ops elsewhere (a host ``.so`` is not a device kernel). Every backend
+gives the same outputs; the choice is logged (debug level: `launch.py --verbose`).
 """
 import logging
 import os
@@ -113,23 +116,39 @@ def available_backends():
     return names
 
 
-_warned = set()
+ENV_OVERRIDE = "THREESTUDIO_HASHGRID_IMPL"
 
 
-def make_backend(layout: GridLayout, name: str = None):
-    name = name or os.environ.get("THREESTUDIO_HASHGRID_IMPL", "auto")
+def requested_backend(config_value: str = None) -> str:
+    """The backend asked for: ``$THREESTUDIO_HASHGRID_IMPL`` if set, else the config's ``backend``
+    (default ``auto``)."""
+    return os.environ.get(ENV_OVERRIDE) or config_value or "auto"
+
+
+def auto_candidates(device_target: str) -> tuple:
+    """Backends ``auto`` tries on ``device_target``, best first."""
+    return ("cpp", "ops") if device_target == "CPU" else ("ops",)
+
+
+def make_backend(layout: GridLayout, name: str = None, device_target: str = None):
+    """The backend ``name`` (None: ``requested_backend()``) for ``layout``; ``auto`` resolves on
+    ``device_target`` (None: MindSpore's current one)."""
+    name = name or requested_backend()
     if name == "auto":
-        for candidate in ("cpp", "ops"):
+        if device_target is None:
+            import mindspore as ms
+            device_target = ms.get_context("device_target")
+        for candidate in auto_candidates(device_target):
             try:
                 _BACKENDS[candidate].check_available()
-                return _BACKENDS[candidate](layout)
-            except Exception as err:  # noqa: BLE001
-                if candidate not in _warned:
-                    _warned.add(candidate)
-                    log.warning("hash grid backend '%s' unavailable (%s); falling back", candidate, err)
+            except Exception as err:  # noqa: BLE001 - any build/load failure: try the next one
+                log.warning("hash grid backend '%s' unavailable (%s); falling back", candidate, err)
+                continue
+            log.debug("hash grid backend: %s (auto on %s)", candidate, device_target)
+            return _BACKENDS[candidate](layout)
         raise RuntimeError("no hash grid backend available")
     if name not in _BACKENDS:
-        raise ValueError(f"unknown hash grid backend '{name}'; known: {', '.join(_BACKENDS)}")
+        raise ValueError(f"unknown hash grid backend '{name}'; known: auto, {', '.join(_BACKENDS)}")
     _BACKENDS[name].check_available()
     return _BACKENDS[name](layout)
 

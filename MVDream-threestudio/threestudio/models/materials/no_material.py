@@ -34,6 +34,7 @@ class NoMaterial(BaseMaterial):
 
     def construct(self, features, viewdirs=None, shading_normal=None, light_positions=None, positions=None,
                   **kwargs):
+        # features (..., Nf) -> colour (..., n_output_dims); the other inputs (..., 3) are unused
         if self.use_network:
             flat = self.network(features.reshape(-1, features.shape[-1]))
             features = flat.reshape(features.shape[:-1] + (self.cfg.n_output_dims,))

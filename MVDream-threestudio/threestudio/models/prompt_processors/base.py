@@ -3,19 +3,18 @@
 
 Differences from threestudio, all forced by having no Hugging Face/torch here:
   * the text encoder is a callable handed in by the system (``text_encoder``: list of
-    prompts -> [N, 77, C] embeddings, e.g. the guidance's ``encode_text``, i.e. the
-    diffusion checkpoint's own text tower) together with ``cache_key`` identifying its
-    weights; by default, that of the last configured guidance (which registers itself
-    with ``set_default_text_encoder``); ``pretrained_model_name_or_path`` and ``spawn``
-    are accepted and unused;
-  * the disk cache holds ``<cache_dir>/<sha256(cache_key-prompt)>.npy`` files;
-    ``cache_key=None`` (random weights) keeps the embeddings in memory only;
+    prompts -> [N, 77, C] embeddings; the system passes the guidance's ``encode_text``, i.e.
+    the diffusion checkpoint's own text tower) together with ``cache_key`` identifying its
+    weights; ``pretrained_model_name_or_path`` and ``spawn`` are accepted for compatibility
+    and have no effect (logged once);
+  * the disk cache holds ``<cache_dir>/<sha256(cache_key-prompt)>.npy`` files, by default under
+    the user's cache folder (``user_cache_dir("text_embeddings")``), never relative to the
+    working directory; ``cache_key=None`` (random weights) keeps the embeddings in memory only;
   * prompt debiasing (needs a BERT model) is not available.
 """
-import inspect
 import json
+import logging
 import os
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -24,30 +23,10 @@ import numpy as np
 from mindspore import Tensor, ops
 
 from threestudio.utils.base import BaseObject
-from threestudio.utils.config import ConfigError
+from threestudio.utils.config import ConfigError, log_ignored_keys
+from threestudio.utils.misc import user_cache_dir
 
-DEFAULT_CACHE_DIR = ".threestudio_cache/text_embeddings"
-
-# (weak reference to the encoder, cache key) of the last configured guidance, used by a
-# processor constructed without ``text_encoder`` (as threestudio systems construct it).
-_default_encoder = (None, None)
-
-
-def set_default_text_encoder(encoder: Optional[Callable], cache_key: Optional[str] = None) -> None:
-    """Register ``encoder`` (a bound method: held weakly, so the model can be freed) as the
-    text encoder of prompt processors that are not given one; None clears it."""
-    global _default_encoder
-    if encoder is None:
-        _default_encoder = (None, None)
-    else:
-        ref = weakref.WeakMethod(encoder) if inspect.ismethod(encoder) else (lambda: encoder)
-        _default_encoder = (ref, cache_key)
-
-
-def get_default_text_encoder() -> Tuple[Optional[Callable], Optional[str]]:
-    ref, key = _default_encoder
-    encoder = ref() if ref is not None else None
-    return (encoder, key) if encoder is not None else (None, None)
+logger = logging.getLogger("threestudio")
 
 
 def hash_prompt(model_key: str, prompt: str) -> str:
@@ -172,13 +151,13 @@ class PromptProcessor(BaseObject):
         prompt_overhead: Optional[str] = None
 
         negative_prompt: str = ""
-        pretrained_model_name_or_path: str = "runwayml/stable-diffusion-v1-5"  # unused, see module doc
+        pretrained_model_name_or_path: str = "runwayml/stable-diffusion-v1-5"  # no effect, see module doc
         overhead_threshold: float = 60.0
         front_threshold: float = 45.0
         back_threshold: float = 45.0
         view_dependent_prompt_front: bool = False
         use_cache: bool = True
-        spawn: bool = True  # unused: the encoder runs in-process
+        spawn: bool = True  # no effect: the encoder runs in-process
 
         # perp neg: weights a * exp(-b * r) + c
         use_perp_neg: bool = False
@@ -193,20 +172,20 @@ class PromptProcessor(BaseObject):
         prompt_debiasing_mask_ids: Optional[List[int]] = None
 
         # port addition
-        cache_dir: str = DEFAULT_CACHE_DIR
+        cache_dir: Optional[str] = None  # None: user_cache_dir("text_embeddings")
         prompt_library: str = "load/prompt_library.json"  # for "lib:" prompts
 
     cfg: Config
 
     def configure(self, text_encoder: Optional[Callable] = None, cache_key: Optional[str] = None) -> None:
-        """``text_encoder``: list of prompts -> [N, 77, C] embeddings (Tensor or array);
-        ``cache_key``: identifies the encoder's weights in the disk cache (None: no cache).
-        Without ``text_encoder``, the last configured guidance's (``set_default_text_encoder``)."""
+        """``text_encoder``: list of prompts -> [N, 77, C] embeddings (Tensor or array); None
+        works only when every prompt is already in the disk cache. ``cache_key``: identifies the
+        encoder's weights in the disk cache (None: no cache)."""
         cfg = self.cfg
         if cfg.use_prompt_debiasing:
             raise ConfigError("use_prompt_debiasing is not supported in this port (it needs a BERT model)")
-        if text_encoder is None:
-            text_encoder, cache_key = get_default_text_encoder()
+        log_ignored_keys(cfg, ("pretrained_model_name_or_path", "spawn"), "system.prompt_processor")
+        self.cache_dir = cfg.cache_dir or user_cache_dir("text_embeddings")
         self.text_encoder, self.cache_key = text_encoder, cache_key
         self.encoder_calls = 0
         self.directions = make_directions(cfg)
@@ -241,7 +220,7 @@ class PromptProcessor(BaseObject):
         return matches[0]
 
     def _cache_path(self, prompt: str) -> str:
-        return os.path.join(self.cfg.cache_dir, f"{hash_prompt(self.cache_key, prompt)}.npy")
+        return os.path.join(self.cache_dir, f"{hash_prompt(self.cache_key, prompt)}.npy")
 
     def embed_prompts(self, prompts: List[str]) -> Dict[str, np.ndarray]:
         """prompt -> [N, C] float32 embedding, from the disk cache where possible; the
@@ -256,11 +235,11 @@ class PromptProcessor(BaseObject):
         if todo:
             if self.text_encoder is None:
                 raise ValueError(f"prompt processor: no text encoder given and {len(todo)} prompt(s) not in the "
-                                 f"cache {self.cfg.cache_dir} (the system passes text_encoder=guidance.encode_text)")
+                                 f"cache {self.cache_dir}; pass text_encoder= (the system passes guidance.encode_text)")
             embeddings = _np(self.text_encoder(todo)).astype(np.float32)
             self.encoder_calls += 1
             if caching:
-                os.makedirs(self.cfg.cache_dir, exist_ok=True)
+                os.makedirs(self.cache_dir, exist_ok=True)
             for prompt, embedding in zip(todo, embeddings):
                 table[prompt] = embedding
                 if caching:  # write-then-rename: a concurrent run never reads a partial file

@@ -14,7 +14,8 @@ from mindspore import Tensor, nn, ops
 import threestudio
 from threestudio.models.estimators.occupancy_grid import OccupancyGrid
 from threestudio.models.renderers.base import VolumeRenderer
-from threestudio.models.renderers.volume_rendering import PackedLayout, composite
+from threestudio.models.renderers.volume_rendering import PackedLayout, composite, index_tensor
+from threestudio.utils.autodiff import no_grad
 from threestudio.utils.shape_buckets import bucket_size, call_bucketed, pad_rows
 
 
@@ -39,17 +40,22 @@ def chunk_batch(fn, chunk_size: int, *args, **kwargs):
     return ops.concat(outs)
 
 
-def _pad_samples(ray_indices: np.ndarray, t_starts: np.ndarray, t_ends: np.ndarray):
-    """Pad packed samples to a bucketed count (see ``shape_buckets``) with zero-length copies of
-    the last sample: alpha = 1 - exp(-sigma * 0) = 0, so they add exactly nothing to any read-out
-    or gradient, and the packing stays sorted by ray."""
+def _padded(samples):
+    """Packed ``(ray_indices, t_starts, t_ends)`` padded to a bucketed count (see ``shape_buckets``)
+    with zero-length copies of the last sample: alpha = 1 - exp(-sigma * 0) = 0, so they add
+    exactly nothing to any read-out or gradient, and the packing stays sorted by ray. No samples:
+    one zero-length sample of ray 0 (as threestudio's validate_empty_rays) keeps shapes valid.
+    Padding padded samples changes nothing."""
+    ray_indices, t_starts, t_ends = samples
+    if ray_indices.size == 0:
+        ray_indices, t_starts, t_ends = np.zeros(1, np.int64), np.zeros(1, np.float32), np.zeros(1, np.float32)
     size = bucket_size(ray_indices.size)
     t_starts = pad_rows(t_starts, size)
     t_ends = np.concatenate([t_ends, t_starts[t_ends.size:]])
     return pad_rows(ray_indices, size), t_starts, t_ends
 
 
-# outputs of _render_rays that are per ray (the rest are per packed sample)
+# outputs of _render_rays that are per ray (training adds per packed sample outputs)
 _PER_RAY = ("opacity", "depth", "z_variance", "comp_rgb_fg", "comp_normal")
 
 
@@ -70,44 +76,46 @@ def _slice_samples(samples, start: int, stop: int):
 
 
 class _ChunkedRayGrad(nn.Cell):
-    """Training render of the per-ray read-outs with bounded autodiff memory.
+    """The backward pass of a training render done in pieces of rays (bounded autodiff memory).
 
-    The forward pass renders chunk by chunk without a tape; the backward pass re-renders each
-    chunk of ``chunk`` rays under ``mindspore.grad`` and sums the parameter gradients. A custom
-    bprop cannot give gradients to Parameters it merely uses, so the geometry's and material's
-    Parameters are passed in as inputs and receive theirs as input gradients. Same values as
-    one-piece autodiff; gradients equal up to float summation order.
+    The caller renders every piece without a tape and passes the concatenated outputs in as
+    ``values`` (``keys`` names them); this cell returns them unchanged, and its backward pass
+    re-renders each piece under ``mindspore.grad`` (weighted by the matching slice of the output
+    gradients) and sums the parameter gradients. A custom bprop cannot give gradients to
+    Parameters it merely uses, so the geometry's and material's Parameters are inputs and
+    receive theirs as input gradients. ``pieces``: ``(start, stop, samples, normal_noise)`` per
+    piece, ``sample_rows``: the packed-sample rows of each piece's outputs.
     """
 
-    def __init__(self, renderer, samples, chunk: int, params, kwargs):
+    def __init__(self, render_piece, pieces, sample_rows, keys, params):
         super().__init__()
-        self._renderer = [renderer]  # in a list: not a child cell
-        self.samples, self.chunk, self.params, self.kwargs = samples, chunk, list(params), kwargs
-        self.keys = None
+        self.render_piece, self.pieces, self.sample_rows = render_piece, pieces, sample_rows
+        self.keys, self.params = keys, list(params)
 
-    def _chunk_outputs(self, rays_o, rays_d, light_positions, start):
-        stop = min(start + self.chunk, rays_o.shape[0])
-        out = self._renderer[0]._render_rays(
-            rays_o[start:stop], rays_d[start:stop], light_positions[start:stop],
-            samples=_slice_samples(self.samples, start, stop), **self.kwargs)
-        return {k: out[k] for k in _PER_RAY if k in out}
+    def construct(self, *values_and_params):
+        return tuple(ops.stop_gradient(v) for v in values_and_params[:len(self.keys)])
 
-    def construct(self, rays_o, rays_d, light_positions, *params):
-        with ms._no_grad():
-            parts = [self._chunk_outputs(rays_o, rays_d, light_positions, s)
-                     for s in range(0, rays_o.shape[0], self.chunk)]
-        self.keys = list(parts[0])
-        return tuple(ops.stop_gradient(ops.concat([p[k] for p in parts])) for k in self.keys)
-
-    def bprop(self, rays_o, rays_d, light_positions, *args):
+    def bprop(self, *args):
         douts = args[-1]
+        inputs = args[:-2]
+        values = inputs[:len(self.keys)]
+        # outputs no loss term uses get zero gradients: leave them out of the re-render's sum
+        used = [i for i, d in enumerate(douts) if bool((ops.abs(d).max() > 0).asnumpy())]
         grads = [ops.zeros_like(p) for p in self.params]
-        for start in range(0, rays_o.shape[0], self.chunk):
-            def weighted_sum(start=start):
-                out = self._chunk_outputs(rays_o, rays_d, light_positions, start)
-                return sum((out[k] * d[start:start + self.chunk]).sum() for k, d in zip(self.keys, douts))
+        first_sample = 0
+        for piece, rows in zip(self.pieces, self.sample_rows):
+            start, stop = piece[0], piece[1]
+            rows_of = {False: slice(first_sample, first_sample + rows), True: slice(start, stop)}
+            first_sample += rows
+            if not used:
+                continue
+            weights = [(self.keys[i], douts[i][rows_of[self.keys[i] in _PER_RAY]]) for i in used]
+
+            def weighted_sum(piece=piece, weights=weights):
+                out = self.render_piece(piece)
+                return sum((out[k] * d).sum() for k, d in weights)
             grads = [g + d for g, d in zip(grads, ms.grad(weighted_sum, None, self.params)())]
-        return (ops.zeros_like(rays_o), ops.zeros_like(rays_d), ops.zeros_like(light_positions), *grads)
+        return (*(ops.zeros_like(v) for v in values), *grads)
 
 
 @threestudio.register("nerf-volume-renderer")
@@ -123,7 +131,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
         # Port option: rays per piece of the training backward pass (0: all at once, as the
         # original; None: auto, 32768 on CPU and 0 elsewhere). A 256x256 x 4 render takes ~20 GB
-        # of autodiff memory in one piece. Per-ray read-outs only: no per-sample training outputs.
+        # of autodiff memory in one piece. Same outputs and gradients either way.
         grad_chunk_size: Optional[int] = None
 
         return_comp_normal: bool = False
@@ -202,16 +210,16 @@ class NeRFVolumeRenderer(VolumeRenderer):
         return ray_np, t_starts_np, t_ends_np
 
     def _render_rays(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor, samples=None,
-                     **kwargs) -> dict:
-        """Render flattened rays ``[N, 3]``; per-ray outputs ``[N, C]`` plus packed samples.
-        ``samples``: packed ``(ray_indices, t_starts, t_ends)`` to use instead of sampling."""
+                     normal_noise: Optional[np.ndarray] = None, **kwargs) -> dict:
+        """Render flattened rays; per-ray outputs ``[N, C]`` plus (training) packed samples ``[M, C]``.
+
+        rays_o, rays_d, light_positions: (N, 3). ``samples``: packed ``(ray_indices, t_starts,
+        t_ends)`` to use instead of sampling (padded here, see ``_pad_samples``);
+        ``normal_noise``: (M, 3) offsets for ``normal_perturb`` (drawn here if None).
+        """
         n_rays = rays_o.shape[0]
-        ray_np, t_starts_np, t_ends_np = samples if samples is not None else self._sample_and_count(rays_o, rays_d)
-        if ray_np.size == 0:
-            # as threestudio's validate_empty_rays: one zero-length sample keeps shapes valid
-            ray_np, t_starts_np, t_ends_np = (np.zeros(1, np.int64), np.zeros(1, np.float32),
-                                              np.zeros(1, np.float32))
-        ray_np, t_starts_np, t_ends_np = _pad_samples(ray_np, t_starts_np, t_ends_np)
+        samples = samples if samples is not None else self._sample_and_count(rays_o, rays_d)
+        ray_np, t_starts_np, t_ends_np = _padded(samples)
         layout = PackedLayout(ray_np, n_rays)
         ray_indices = layout.ray_indices
         t_starts, t_ends = Tensor(t_starts_np)[:, None], Tensor(t_ends_np)[:, None]
@@ -242,21 +250,40 @@ class NeRFVolumeRenderer(VolumeRenderer):
             out.update({"t_points": t_positions, "t_intervals": t_intervals, "t_dirs": t_dirs,
                         "ray_indices": ray_indices, "points": positions, **geo_out})
             if "normal" in geo_out and self.cfg.return_normal_perturb:
-                noise = Tensor(np.random.randn(*positions.shape).astype(np.float32) * 1e-2)
+                if normal_noise is None:
+                    normal_noise = self._normal_noise(ray_np.size)
                 out["normal_perturb"] = self.geometry(
-                    positions + noise, output_normal=self.material.requires_normal)["normal"]
+                    positions + Tensor(normal_noise), output_normal=self.material.requires_normal)["normal"]
+        else:
+            out = {k: v for k, v in out.items() if k in _PER_RAY}
         return out
+
+    def _normal_noise(self, n_samples: int) -> np.ndarray:
+        return np.random.randn(n_samples, 3).astype(np.float32) * 1e-2
 
     # ------------------------------------------------------------------ forward
     def construct(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor,
                   bg_color: Optional[Tensor] = None, shard=None, **kwargs) -> dict:
-        # shard: the data-parallel rank's part of the batch (threestudio.utils.distributed)
+        """rays_o, rays_d: (B, H, W, 3); light_positions: (B, 3); bg_color: (B, H, W, C), (B, C) or (C,).
+
+        Returns images ``comp_rgb``, ``comp_rgb_fg``, ``comp_rgb_bg`` (B, H, W, 3), ``opacity``,
+        ``depth``, ``z_variance`` (B, H, W, 1), ``comp_normal`` (B, H, W, 3) when normals are
+        rendered; in training also the packed samples for the losses: ``weights``, ``t_points``,
+        ``t_intervals`` (M, 1), ``t_dirs``, ``points`` (M, 3), ``ray_indices`` (M,) and the
+        geometry's outputs (``density`` (M, 1), ``features``, ``normal`` ...). The keys are the
+        same whatever ``grad_chunk_size`` and device (M counts zero-weight padding samples).
+        ``shard``: the data-parallel rank's part of the batch (threestudio.utils.distributed).
+        """
         batch_size, height, width = rays_o.shape[:3]
         n_rays = batch_size * height * width
         rays_o_flat, rays_d_flat = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
         light_flat = ops.broadcast_to(light_positions.reshape(-1, 1, 3),
                                       (batch_size, height * width, 3)).reshape(-1, 3)
         self.stats = {}
+        # the material's random choices (shading mode, light) are drawn once per render, so every
+        # piece of a render in pieces (and its re-render in the backward pass) shares them
+        options = self.material.render_options(**kwargs)
+        kwargs = {**kwargs, **options}
 
         grad_chunk = self.grad_chunk_size
         if self.training and 0 < grad_chunk < n_rays:
@@ -268,9 +295,8 @@ class NeRFVolumeRenderer(VolumeRenderer):
             # bound memory: sample and composite ``eval_chunk_size`` rays at a time
             step = self.cfg.eval_chunk_size if self.cfg.eval_chunk_size > 0 else n_rays
             parts = [self._render_rays(rays_o_flat[s:s + step], rays_d_flat[s:s + step],
-                                       light_flat[s:s + step]) for s in range(0, n_rays, step)]
-            res = {k: ops.concat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k]
-                   for k in _PER_RAY if k in parts[0]}
+                                       light_flat[s:s + step], **options) for s in range(0, n_rays, step)]
+            res = {k: ops.concat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
         comp_rgb_bg = self.background(dirs=rays_d)
 
         if bg_color is None:
@@ -313,14 +339,33 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
     def _render_rays_chunked_grad(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor, chunk: int,
                                   shard=None, **kwargs) -> dict:
-        """Per-ray read-outs of a training render whose backward pass holds the activations of
-        ``chunk`` rays at a time (see ``_ChunkedRayGrad``). The samples are drawn once, so the
-        chunks re-render exactly the samples of the forward pass."""
+        """The training outputs of ``_render_rays`` (same keys, values equal; per-sample outputs
+        padded per piece) with a backward pass that holds the activations of ``chunk`` rays at a
+        time (see ``_ChunkedRayGrad``). The samples (and perturbation noise) are drawn once, so
+        the backward pass re-renders exactly the samples of the forward pass."""
         samples = self._sample_and_count(rays_o, rays_d, shard)
+        perturb = self.cfg.return_normal_perturb
+        pieces = []
+        for start in range(0, rays_o.shape[0], chunk):
+            stop = min(start + chunk, rays_o.shape[0])
+            piece_samples = _padded(_slice_samples(samples, start, stop))
+            noise = self._normal_noise(piece_samples[0].size) if perturb else None
+            pieces.append((start, stop, piece_samples, noise))
+
+        def render_piece(piece):
+            start, stop, piece_samples, noise = piece
+            return self._render_rays(rays_o[start:stop], rays_d[start:stop], light_positions[start:stop],
+                                     samples=piece_samples, normal_noise=noise, **kwargs)
+
+        with no_grad():
+            parts = [render_piece(piece) for piece in pieces]
+        keys = [k for k in parts[0] if k != "ray_indices"]
+        values = [ops.concat([p[k] for p in parts]) for k in keys]
         params = self.geometry.trainable_params() + self.material.trainable_params()
-        cell = _ChunkedRayGrad(self, samples, chunk, params, kwargs)
-        values = cell(rays_o, rays_d, light_positions, *params)
-        return dict(zip(cell.keys, values))
+        cell = _ChunkedRayGrad(render_piece, pieces, [p["weights"].shape[0] for p in parts], keys, params)
+        out = dict(zip(keys, cell(*values, *params)))
+        out["ray_indices"] = index_tensor(np.concatenate([piece[2][0] + piece[0] for piece in pieces]))
+        return out
 
     # ------------------------------------------------------------------ grid updates
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
