@@ -165,12 +165,11 @@ def train_or_test(args, extras, logger, ranks=None):
     trainer_cfg, ckpt_cfg = trainer_config(cfg), checkpoint_config(cfg)
     check_run(args, cfg, trainer_cfg)
 
-    from mvdream.runtime import setup_runtime
-
-    setup_runtime(args.device_target, report=logger.info)
-    if ranks is None:
+    if ranks is None:  # a single trial (a prompt list set up the runtime and joined msrun once)
         from mvdream.ranks import join_msrun
+        from mvdream.runtime import setup_runtime
 
+        setup_runtime(args.device_target, report=logger.info)
         ranks = join_msrun()
         if ranks.world > 1:
             logger.info("%s (pid %d)", ranks, os.getpid())
@@ -292,7 +291,7 @@ def run_prompts_file(args, extras, logger) -> int:
     check_run(args, cfg, trainer_config(cfg))
     state = PromptListState(os.path.join(cfg.exp_root_dir, cfg.name, "prompt_lists",
                                          os.path.basename(args.prompts_file)))
-    setup_runtime(args.device_target)
+    setup_runtime(args.device_target, report=logger.info)  # once per process: MindSpore keeps its device
     ranks = join_msrun()
     if ranks.world > 1:
         logger.info("%s (pid %d)", ranks, os.getpid())
