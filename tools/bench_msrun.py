@@ -6,7 +6,7 @@ configs/mvdream-tiny.yaml with 2 view groups (batch 8, 32x32): rank counts alter
 ...) in one run. 1 rank is a plain process on core 0; 2 ranks run under ``msrun`` on loopback,
 rank r on core r, MindSpore limited to one thread. Each rank times real training steps
 (``Trainer.train_step`` with the AllReduce gradient reducer of launch.py) after 2 warm-up steps,
-and the time spent in the reducer (one AllReduce of loss + gradients; it also waits for the
+and the time spent in the reducer (one AllReduce of loss, stop flag and gradients; it also waits for the
 slower rank). Then it times the bare AllReduce of a buffer of the same size, right after a
 synchronising AllReduce (the communication cost itself), and of a buffer the size of the full
 config's trainable state (mvdream-sd21.yaml: 12.6M values, 50 MB). One JSON line per (round, ranks).
@@ -77,7 +77,7 @@ def worker(steps: int):
         if step >= 2:
             step_s.append(time.perf_counter() - start)
     reduce_s = reduce_s[2:]
-    n_values = 1 + sum(int(np.prod(p.shape)) for p in trainer.params)
+    n_values = 2 + sum(int(np.prod(p.shape)) for p in trainer.params)  # loss, stop flag, gradients
     bare_s, full_s = [], []
     if ranks.world > 1:
         op = ms.ops.AllReduce()
