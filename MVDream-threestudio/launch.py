@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device_target", default=None, choices=["CPU", "Ascend", "GPU"],
                         help="MindSpore device (default: the best present: Ascend, then GPU, then CPU; "
                              "logged); always PyNative mode")
+    parser.add_argument("--prompts_file", default=None,
+                        help="with --train: one trial per prompt of this file (one per line); under msrun "
+                             "the ranks share the list; re-running it skips the prompts already done")
     parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks on errors")
     return parser
 
@@ -135,13 +138,22 @@ def choose_config(config_arg, extras, logger):
 
 
 def run(args, extras, logger) -> int:
+    if args.prompts_file:
+        return run_prompts_file(args, extras, logger)
+    train_or_test(args, extras, logger)
+    return 0
+
+
+def train_or_test(args, extras, logger, ranks=None):
+    """One trial; returns its directory (None on data-parallel ranks other than 0). ``ranks``:
+    None joins ``msrun``'s ranks (data-parallel training when there are several)."""
     if args.train_highres and not args.train:
         raise UsageError("--train_highres goes with --train")
     from omegaconf import OmegaConf
 
     from threestudio.utils.experiment import (
-        PROMPT_KEY, check_trial_location, checkpoint_config, clean_cli_args, dump_configs, load_experiment,
-        make_trial_dir, seed_everything, trainer_config)
+        PROMPT_KEY, checkpoint_config, clean_cli_args, dump_configs, load_experiment, make_trial_dir,
+        seed_everything, trainer_config)
 
     extras = clean_cli_args(extras)
     config_path, fallback = choose_config(args.config, extras, logger)
@@ -150,22 +162,23 @@ def run(args, extras, logger) -> int:
             and OmegaConf.select(raw, PROMPT_KEY) == fallback:
         logger.info('no prompt given: using the example prompt "%s"; set your own with %s="a cat"',
                     fallback, PROMPT_KEY)
-    check_trial_location(cfg)
     trainer_cfg, ckpt_cfg = trainer_config(cfg), checkpoint_config(cfg)
-    if args.train_highres and cfg.resume is None:
-        raise UsageError("--train_highres continues a low-resolution run: give resume=path/to/ckpts/last.ckpt "
-                         "(to train both stages in one run use trainer.stop_at_milestone=false)")
-    if (args.test or args.export) and cfg.resume is None:
-        raise UsageError(f"--{'test' if args.test else 'export'} needs a checkpoint: resume=path/to/ckpts/last.ckpt")
-    if args.train and trainer_cfg.max_steps < 0:
-        raise UsageError("set trainer.max_steps")
-    if args.train and trainer_cfg.max_steps == 0:
-        raise UsageError("trainer.max_steps must be >= 1")
-    check_data_config(cfg.data)
+    check_run(args, cfg, trainer_cfg)
 
-    from mvdream.runtime import setup_runtime
+    if ranks is None:  # a single trial (a prompt list set up the runtime and joined msrun once)
+        from mvdream.ranks import join_msrun
+        from mvdream.runtime import setup_runtime
 
-    setup_runtime(args.device_target, report=logger.info)
+        setup_runtime(args.device_target, report=logger.info)
+        ranks = join_msrun()
+        if ranks.world > 1:
+            logger.info("%s (pid %d)", ranks, os.getpid())
+            if not args.train:  # rendering and export run on one process
+                if not ranks.is_writer:
+                    return None
+                from mvdream.ranks import Ranks
+
+                ranks = Ranks()
     seed_everything(cfg.seed)
     if args.export:
         return run_export(cfg, raw, resolved, logger)
@@ -176,13 +189,19 @@ def run(args, extras, logger) -> int:
     from threestudio.utils.trainer import Trainer, restore_checkpoint
 
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None  # fail early on a bad path
-    if cfg.resume:
+    if cfg.resume and ranks.is_writer:  # only the writer touches files
         remove_stale_temporaries(os.path.dirname(os.path.abspath(cfg.resume)))
-    dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed)
+    dm = threestudio.find(cfg.data_type)(cfg.data, seed=cfg.seed, rank=ranks.rank, world_size=ranks.world)
     dm.setup()
+    if args.train and ranks.world > 1:  # before building the model: every rank needs whole view groups
+        first = int(ckpt[1].get("global_step", 0)) if ckpt is not None else 0
+        dm.check_world_size(first, train_stop(cfg, trainer_cfg, first, args.train_highres))
     system = threestudio.find(cfg.system_type)(cfg.system, resumed=ckpt is not None,
                                                precision=trainer_cfg.precision, eval_only=args.test)
-    trainer = Trainer(trainer_cfg, ckpt_cfg)
+    from threestudio.utils.distributed import GradMeanAllReduce
+
+    trainer = Trainer(trainer_cfg, ckpt_cfg, grad_reducer=GradMeanAllReduce(ranks.world) if ranks.world > 1 else None,
+                      writer=ranks.is_writer)
     start_step = 0
     if args.train:
         try:
@@ -195,13 +214,14 @@ def run(args, extras, logger) -> int:
         logger.info("resumed from %s at step %d", cfg.resume, start_step)
 
     if args.train:
-        max_steps = stop = trainer_cfg.max_steps
-        if trainer_cfg.stop_at_milestone and not args.train_highres:
-            later = [int(m) for m in (cfg.data.get("resolution_milestones") or []) if start_step < int(m) < max_steps]
-            stop = later[0] if later else max_steps
+        max_steps, stop = trainer_cfg.max_steps, train_stop(cfg, trainer_cfg, start_step, args.train_highres)
         if start_step >= stop:
             raise UsageError(f"the checkpoint is at step {start_step}: nothing to train up to "
                              f"trainer.max_steps={max_steps}")
+
+    if not ranks.is_writer:  # data-parallel rank > 0: same steps, rank 0 writes everything
+        trainer.fit(system, dm, start_step, stop)
+        return None
 
     # everything is valid: only now create the trial directory
     trial_dir = make_trial_dir(cfg)
@@ -227,7 +247,90 @@ def run(args, extras, logger) -> int:
         logger.info("checkpoint: %s", result["checkpoint"])
     elif args.test:
         trainer.test(system, dm, formats=formats)
-    return 0
+    return trial_dir
+
+
+def train_stop(cfg, trainer_cfg, start_step: int, highres: bool) -> int:
+    """The step a --train run stops at: the next resolution milestone (unless --train_highres or
+    trainer.stop_at_milestone=false), else trainer.max_steps."""
+    max_steps = trainer_cfg.max_steps
+    if trainer_cfg.stop_at_milestone and not highres:
+        later = [int(m) for m in (cfg.data.get("resolution_milestones") or []) if start_step < int(m) < max_steps]
+        return later[0] if later else max_steps
+    return max_steps
+
+
+def run_prompts_file(args, extras, logger) -> int:
+    """--train --prompts_file: one trial per distinct prompt; msrun's ranks share the list (no
+    communication: each rank trains its prompts on its own device). State and summary.tsv in
+    <exp_root_dir>/<name>/prompt_lists/<file name>/."""
+    import json
+
+    from mvdream.prompt_list import SUMMARY, PromptListState, list_outcome, read_prompts, run_prompt_list
+    from mvdream.ranks import Ranks, join_msrun
+    from mvdream.runtime import setup_runtime
+    from threestudio.utils.experiment import clean_cli_args, load_experiment, trainer_config
+
+    if not args.train or args.train_highres:
+        raise UsageError("--prompts_file goes with --train (both stages: trainer.stop_at_milestone=false)")
+    extras = clean_cli_args(extras)
+    for key in ("system.prompt_processor.prompt=", "resume="):
+        if any(e.startswith(key) for e in extras):
+            raise UsageError(f"--prompts_file runs one trial per prompt of the file: drop {key}... "
+                             "from the command line")
+    prompts, duplicates = read_prompts(args.prompts_file)
+    if duplicates:
+        logger.warning("%d prompt(s) appear more than once in %s and run once: %s", len(duplicates),
+                       args.prompts_file, "; ".join(duplicates))
+
+    def overrides(prompt):
+        return list(extras) + ["system.prompt_processor.prompt=" + json.dumps(prompt)]
+
+    config_path, _ = choose_config(args.config, extras, logger)
+    cfg, _, _ = load_experiment(config_path, overrides(prompts[0]))  # fail before any work
+    check_run(args, cfg, trainer_config(cfg))
+    state = PromptListState(os.path.join(cfg.exp_root_dir, cfg.name, "prompt_lists",
+                                         os.path.basename(args.prompts_file)))
+    setup_runtime(args.device_target, report=logger.info)  # once per process: MindSpore keeps its device
+    ranks = join_msrun()
+    if ranks.world > 1:
+        logger.info("%s (pid %d)", ranks, os.getpid())
+
+    def train_one(prompt):
+        handlers = list(logger.handlers)
+        try:
+            return train_or_test(args, overrides(prompt), logger, ranks=Ranks())
+        finally:  # each trial's log.txt gets its own trial only
+            for handler in [h for h in logger.handlers if h not in handlers]:
+                logger.removeHandler(handler)
+                handler.close()
+
+    records = run_prompt_list(prompts, ranks, state, train_one, logger)
+    summary = state.directory / SUMMARY
+    logger.info("summary: %s", summary)
+    code, message = list_outcome(records, ranks, summary)
+    if message and code == 0:
+        logger.warning(message)
+    elif message:
+        print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def check_run(args, cfg, trainer_cfg) -> None:
+    """The checks of a loaded config that need no model (one line, on every rank, before any work)."""
+    from threestudio.utils.experiment import check_trial_location
+
+    check_trial_location(cfg)
+    if args.train_highres and cfg.resume is None:
+        raise UsageError("--train_highres continues a low-resolution run: give resume=path/to/ckpts/last.ckpt "
+                         "(to train both stages in one run use trainer.stop_at_milestone=false)")
+    if (args.test or args.export) and cfg.resume is None:
+        raise UsageError(f"--{'test' if args.test else 'export'} needs a checkpoint: resume=path/to/ckpts/last.ckpt")
+    if args.train and trainer_cfg.max_steps < 0:
+        raise UsageError("set trainer.max_steps")
+    if args.train and trainer_cfg.max_steps == 0:
+        raise UsageError("trainer.max_steps must be >= 1")
+    check_data_config(cfg.data)
 
 
 def check_data_config(data) -> None:
@@ -333,8 +436,10 @@ def known_errors():
         from mvdream.checkpoint import CheckpointError as ModelCheckpointError
     except ImportError:  # pragma: no cover
         ModelCheckpointError = CheckpointError
+    from mvdream.prompt_list import PromptListError
+
     return (UsageError, ConfigError, MeshExportError, CheckpointError, ModelCheckpointError,
-            NonFiniteError, OmegaConfBaseException, FileNotFoundError, KeyError)
+            NonFiniteError, OmegaConfBaseException, FileNotFoundError, KeyError, PromptListError)
 
 
 def main(argv=None) -> int:
@@ -364,7 +469,10 @@ def main(argv=None) -> int:
         if args.verbose:
             traceback.print_exc(limit=-4)
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"error: {str(message).splitlines()[0] if message else type(err).__name__}", file=sys.stderr)
+        from mvdream.ranks import msrun_rank_prefix
+
+        print(f"error: {msrun_rank_prefix()}{str(message).splitlines()[0] if message else type(err).__name__}",
+              file=sys.stderr)
         return 1
 
 

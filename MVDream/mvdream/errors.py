@@ -1,5 +1,6 @@
 """Errors that command-line tools report as one line (no traceback)."""
 from .checkpoint import CheckpointError
+from .prompt_list import PromptListError
 
 
 class UnknownModelError(ValueError):
@@ -12,4 +13,4 @@ class ModelConfigError(ValueError):
 
 def user_facing_errors():
     """Exception types whose message alone tells the user what to fix."""
-    return (CheckpointError, UnknownModelError, ModelConfigError, FileNotFoundError)
+    return (CheckpointError, UnknownModelError, ModelConfigError, FileNotFoundError, PromptListError)

@@ -47,6 +47,10 @@ def parse_args(argv=None):
     parser.add_argument("--device_target", type=str, default=None, choices=["CPU", "Ascend", "GPU"],
                         help="MindSpore device (default: the best present: Ascend, then GPU, then CPU)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--prompts_file", type=str, default=None,
+                        help="previews of every prompt of this file (one per line) instead of --text: "
+                             "<output without .png>/<prompt>-<id>.png, state and summary.tsv there; "
+                             "under msrun the ranks share the list; re-running skips the prompts done")
     return parser.parse_args(argv)
 
 
@@ -113,17 +117,30 @@ def downsampling_factor(model_name, config_path):
 def main(argv=None):
     args = parse_args(argv)
     validate(args)
-    output = resolve_output(args.output, args.overwrite)
+    if args.prompts_file:
+        from mvdream.prompt_list import read_prompts
+
+        prompts, duplicates = read_prompts(args.prompts_file)  # before loading any weights
+        if duplicates:
+            print(f"warning: {len(duplicates)} prompt(s) appear more than once in {args.prompts_file} and run "
+                  f"once: {'; '.join(duplicates)}", file=sys.stderr)
+        # the list's directory (checked and created as an output would be): previews/list.png -> previews/list/
+        output = resolve_output(Path(args.output).with_suffix("") / "summary.png", True).parent
+    else:
+        output = resolve_output(args.output, args.overwrite)
 
     import mindspore as ms
-    from PIL import Image
 
     from mvdream.model_zoo import build_model
+    from mvdream.ranks import join_msrun
     from mvdream.runtime import setup_runtime
-    from mvdream.ldm.models.diffusion.ddim import DDIMSampler
-    from mvdream.t2i import preview_grid, sample_previews
 
     setup_runtime(args.device_target, report=print)
+    # under msrun the ranks share a prompt list (msrun's scheduler process stops in here);
+    # a single prompt is rank 0's job
+    ranks = join_msrun()
+    if not (args.prompts_file or ranks.is_writer):
+        return None
     # Check the size against the config before loading gigabytes of weights.
     factor = downsampling_factor(args.model_name, args.config_path)
     if args.size % factor:
@@ -131,8 +148,19 @@ def main(argv=None):
     model = build_model(args.model_name, ckpt_path=args.ckpt_path, cache_dir=args.cache_dir,
                         config_path=args.config_path, weights_dtype=ms.float16 if args.fp16 else None)
     model.set_train(False)
+    if args.prompts_file:
+        return preview_prompt_list(args, model, prompts, output, ranks)
+    return write_previews(args, model, args.text, output)
 
-    rows = sample_previews(model, DDIMSampler(model), args.text + args.suffix, args.negative_prompt, args.size,
+
+def write_previews(args, model, text, output):
+    """Grid and per-view PNGs of ``text`` (+ ``--suffix``) at ``output``."""
+    from PIL import Image
+
+    from mvdream.ldm.models.diffusion.ddim import DDIMSampler
+    from mvdream.t2i import preview_grid, sample_previews
+
+    rows = sample_previews(model, DDIMSampler(model), text + args.suffix, args.negative_prompt, args.size,
                            args.num_frames, bool(args.use_camera), args.camera_elev, args.camera_azim,
                            args.camera_azim_span, args.seed, args.steps, args.scale, args.n_samples,
                            verbose=not args.no_progress)
@@ -149,6 +177,32 @@ def main(argv=None):
     print(f"wrote {output} ({grid.shape[1]}x{grid.shape[0]}, {args.n_samples} rows x {len(rows[0])} views) "
           f"and {len(view_paths)} view images {view_paths[0].name} ... {view_paths[-1].name}")
     return output
+
+
+def preview_prompt_list(args, model, prompts, directory, ranks):
+    """--prompts_file: previews of this rank's prompts into ``directory``, resumable."""
+    import logging
+    import re
+
+    from mvdream.prompt_list import PromptListState, list_outcome, prompt_key, run_prompt_list
+
+    logger = logging.getLogger("mvdream.t2i")
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler(sys.stdout))
+        logger.setLevel(logging.INFO)
+    state = PromptListState(directory)
+
+    def preview(prompt):
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:60] or "prompt"
+        return write_previews(args, model, prompt, directory / f"{slug}-{prompt_key(prompt)[:8]}.png")
+
+    records = run_prompt_list(prompts, ranks, state, preview, logger)
+    code, message = list_outcome(records, ranks, directory / "summary.tsv")
+    print(f"{'warning' if code == 0 else 'error'}: {message}" if message else
+          f"summary: {directory / 'summary.tsv'}", file=sys.stderr if message else sys.stdout)
+    if code:
+        sys.exit(code)
+    return directory
 
 
 def cli():

@@ -40,6 +40,7 @@ import threestudio
 
 from ..utils.base import BaseObject, Updateable
 from ..utils.config import ConfigError
+from ..utils.distributed import BatchShard, check_world_size
 from ..utils.ops import normalize, spherical_to_cartesian
 from .uncond import RandomCameraDataModuleConfig, RandomCameraDataset, ResolutionSchedule, make_camera_batch
 
@@ -81,8 +82,10 @@ LIGHT_SAMPLERS: Dict[str, Callable] = {"dreamfusion": _light_dreamfusion, "magic
 class RandomMultiviewCameraIterableDataset(Updateable):
     """Endless training batches; ``update_step`` selects resolution, batch size and ranges."""
 
-    def __init__(self, cfg: RandomMultiviewCameraDataModuleConfig, rng: np.random.Generator):
+    def __init__(self, cfg: RandomMultiviewCameraDataModuleConfig, rng: np.random.Generator,
+                 shard: Optional[BatchShard] = None):
         self.cfg, self.rng = cfg, rng
+        self.shard = shard  # data-parallel rank: cameras of the whole batch are drawn, its groups kept
         self.schedule = ResolutionSchedule(cfg)
         self._set_size(0)
         self.elevation_range = tuple(cfg.elevation_range)
@@ -138,9 +141,14 @@ class RandomMultiviewCameraIterableDataset(Updateable):
         light_positions = LIGHT_SAMPLERS[cfg.light_sample_strategy](
             rng, cfg, camera_positions, light_distances, n_groups, n_view)
 
-        return make_camera_batch(
-            camera_positions, center, up, light_positions, np.rad2deg(elevation), azimuth_deg,
-            camera_distances, fovy_deg, self.directions_unit_focal, cfg.rays_d_normalize)
+        cameras = (camera_positions, center, up, light_positions, np.rad2deg(elevation), azimuth_deg,
+                   camera_distances, fovy_deg)
+        if self.shard is None:
+            return make_camera_batch(*cameras, self.directions_unit_focal, cfg.rays_d_normalize)
+        batch = make_camera_batch(*(self.shard.take(x) for x in cameras), self.directions_unit_focal,
+                                  cfg.rays_d_normalize)
+        batch["shard"] = self.shard  # per-element random draws downstream take this rank's rows
+        return batch
 
     def collate_next(self, global_step: Optional[int] = None, epoch: int = 0) -> Dict[str, Any]:
         """The next training batch; with ``global_step``, first apply that step's schedule."""
@@ -159,7 +167,9 @@ class RandomMultiviewCameraDataModule(BaseObject):
     Config = RandomMultiviewCameraDataModuleConfig
     cfg: RandomMultiviewCameraDataModuleConfig
 
-    def configure(self, seed: Optional[int] = None):
+    def configure(self, seed: Optional[int] = None, rank: int = 0, world_size: int = 1):
+        """``rank`` / ``world_size``: data-parallel training (threestudio.utils.distributed);
+        every rank draws the same cameras and keeps its share of the view groups."""
         cfg = self.cfg
         if cfg.n_view < 1:
             raise ConfigError(f"n_view must be >= 1, got {cfg.n_view}")
@@ -168,6 +178,7 @@ class RandomMultiviewCameraDataModule(BaseObject):
             if bs % cfg.n_view != 0:
                 raise ConfigError(
                     f"batch_size {bs} is not divisible by n_view {cfg.n_view}; use a multiple of {cfg.n_view}")
+        self.shard = BatchShard(rank, world_size) if world_size > 1 else None
         if cfg.light_sample_strategy not in LIGHT_SAMPLERS:
             raise ConfigError(f"unknown light_sample_strategy '{cfg.light_sample_strategy}'; "
                               f"choose one of {', '.join(LIGHT_SAMPLERS)}")
@@ -177,7 +188,7 @@ class RandomMultiviewCameraDataModule(BaseObject):
 
     def setup(self, stage: Optional[str] = None):
         if stage in (None, "fit"):
-            self.train_dataset = RandomMultiviewCameraIterableDataset(self.cfg, self.rng)
+            self.train_dataset = RandomMultiviewCameraIterableDataset(self.cfg, self.rng, self.shard)
         if stage in (None, "fit", "validate"):
             self.val_dataset = RandomCameraDataset(self.cfg, "val")
         if stage in (None, "test", "predict"):
@@ -198,6 +209,14 @@ class RandomMultiviewCameraDataModule(BaseObject):
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False):
         if self.train_dataset is not None:
             self.train_dataset.update_step(epoch, global_step, on_load_weights)
+
+    def check_world_size(self, start_step: int, stop_step: int):
+        """One-line ConfigError unless the batches of steps ``start_step .. stop_step - 1`` split
+        into whole view groups over the data-parallel ranks."""
+        world = self.shard.world if self.shard is not None else 1
+        schedule = ResolutionSchedule(self.cfg)
+        stages = range(schedule.index(start_step), schedule.index(max(start_step, stop_step - 1)) + 1)
+        check_world_size([schedule.batch_sizes[i] for i in stages], self.cfg.n_view, world)
 
     def get_rng_state(self) -> dict:
         """Generator state (a plain dict) to store with a checkpoint."""

@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -159,8 +159,15 @@ def restore_checkpoint(path: str, arrays, meta, system, optimizer=None, params=N
 
 
 class Trainer:
-    def __init__(self, cfg: TrainerConfig, ckpt_cfg: CheckpointConfig, trial_dir: Optional[str] = None):
+    def __init__(self, cfg: TrainerConfig, ckpt_cfg: CheckpointConfig, trial_dir: Optional[str] = None,
+                 grad_reducer: Optional[Callable] = None, writer: bool = True):
+        """Data-parallel ranks (``threestudio.utils.distributed``): ``grad_reducer(loss, grads,
+        signalled)`` returns the means of loss and gradients over the ranks and whether any rank
+        was signalled (so the non-finite guard and SIGINT/SIGTERM act on every rank at the same
+        step); only the ``writer`` rank saves checkpoints (last.ckpt on a signal too), metrics
+        and validation images."""
         self.cfg, self.ckpt_cfg = cfg, ckpt_cfg
+        self.grad_reducer, self.writer = grad_reducer, writer
         self.optimizer = self.params = None
         self._grad_fn = None
         self.last_checkpoint: Optional[str] = None
@@ -212,8 +219,16 @@ class Trainer:
         """One optimizer step on ``batch``; returns the loss, or None for a skipped non-finite
         step (``trainer.skip_nonfinite_steps``). Raises NonFiniteError otherwise.
         ``global_step``: the step's number after it (for messages)."""
+        return self._step(system, batch, global_step, False)[0]
+
+    def _step(self, system, batch, global_step: Optional[int], signalled: bool) -> Tuple[Optional[float], bool]:
+        """``train_step`` that also returns whether any rank had a pending signal (``signalled``
+        on this one): data-parallel ranks decide together, from the all-reduced loss, gradients
+        and signal flag of this step, so they skip, stop or go on in step."""
         where = "a training step" if global_step is None else f"step {global_step}"
         loss, grads = self._grad_fn(batch)
+        if self.grad_reducer is not None:
+            loss, grads, signalled = self.grad_reducer(loss, grads, signalled)
         loss = float(loss.asnumpy())
         problem = None
         if not np.isfinite(loss):
@@ -225,7 +240,7 @@ class Trainer:
         if problem is not None:
             if self.cfg.skip_nonfinite_steps:
                 logger.warning("%s: %s; step skipped (trainer.skip_nonfinite_steps)", where, problem)
-                return None
+                return None, signalled
             raise NonFiniteError(f"{where}: {problem}; training stopped{self._last_good()} "
                                  "(trainer.skip_nonfinite_steps=true skips such steps)")
         self.optimizer(grads)
@@ -233,7 +248,7 @@ class Trainer:
         if name is not None:
             raise NonFiniteError(f"{where}: parameter {name} became non-finite in the optimizer "
                                  f"step; training stopped{self._last_good()}")
-        return loss
+        return loss, signalled
 
     def fit(self, system, dm, start_step: int, stop_step: int) -> Dict[str, Any]:
         """Train steps ``start_step .. stop_step - 1``; returns the loss trace and last checkpoint."""
@@ -241,7 +256,7 @@ class Trainer:
             self.setup_optimization(system)
         cfg, every = self.cfg, self.ckpt_cfg.every_n_train_steps
         val_every = cfg.val_check_interval if isinstance(cfg.val_check_interval, int) else 0
-        if cfg.num_sanity_val_steps and start_step == 0:
+        if cfg.num_sanity_val_steps and start_step == 0 and self.writer:
             self.validate(system, dm, start_step, limit=cfg.num_sanity_val_steps)
         losses, last_ckpt, saved_at, skipped = [], None, None, 0
         bar = tqdm(total=stop_step, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
@@ -255,7 +270,7 @@ class Trainer:
                     system.set_step(0, step)
                     system.do_update_step(0, step)
                     global_step = step + 1
-                    loss = self.train_step(system, batch, global_step)
+                    loss, signalled = self._step(system, batch, global_step, bool(received))
                     if loss is None:
                         skipped += 1
                     else:
@@ -265,21 +280,27 @@ class Trainer:
                     bar.set_postfix(loss="skipped" if loss is None else f"{loss:.4g}",
                                     res=f"{batch['height']}x{batch['width']}")
                     bar.update(1)
-                    if cfg.log_every_n_steps and global_step % cfg.log_every_n_steps == 0:
-                        row = {"step": global_step, "loss": "" if loss is None else loss, "steps_per_s": round(rate, 4)}
-                        if cfg.skip_nonfinite_steps:
-                            row["skipped_steps"] = skipped
-                        self.metrics.log({**row, **{k: v for k, v in system.train_log.items() if k != "train/loss"}})
-                        logger.debug("step %d loss %s (%.2f step/s)", global_step, loss, rate)
-                    if val_every and global_step % val_every == 0:
-                        self.validate(system, dm, global_step)
-                        system.set_train(True)
-                    if every and global_step % every == 0:
-                        last_ckpt, saved_at = self.save(system, dm, global_step), global_step
-                    if received:  # a signal arrived during this step: save at its boundary and stop
-                        if saved_at != global_step:
+                    # data-parallel ranks stop on the flag they agreed on in this step's all-reduce
+                    stop = signalled if self.grad_reducer is not None else bool(received)
+                    if self.writer:  # rank 0 logs, validates and saves
+                        if cfg.log_every_n_steps and global_step % cfg.log_every_n_steps == 0:
+                            row = {"step": global_step, "loss": "" if loss is None else loss,
+                                   "steps_per_s": round(rate, 4)}
+                            if cfg.skip_nonfinite_steps:
+                                row["skipped_steps"] = skipped
+                            self.metrics.log({**row, **{k: v for k, v in system.train_log.items()
+                                                        if k != "train/loss"}})
+                            logger.debug("step %d loss %s (%.2f step/s)", global_step, loss, rate)
+                        if val_every and global_step % val_every == 0:
+                            self.validate(system, dm, global_step)
+                            system.set_train(True)
+                        if every and global_step % every == 0:
+                            last_ckpt, saved_at = self.save(system, dm, global_step), global_step
+                        if stop and saved_at != global_step:
                             self.save(system, dm, global_step, periodic=False)
-                        raise TrainingInterrupted(received[0], global_step, self.last_checkpoint)
+                    if stop:  # a signal arrived during this step: saved at its boundary, stop
+                        raise TrainingInterrupted(received[0] if received else signal.SIGTERM, global_step,
+                                                  self.last_checkpoint if self.writer else None)
             finally:
                 bar.close()  # before any error line
             if skipped:
@@ -288,7 +309,7 @@ class Trainer:
             if stop_step > start_step and losses:
                 logger.info("trained steps %d..%d: final loss %.6g, %.2f step/s", start_step + 1, stop_step,
                             losses[-1], (stop_step - start_step) / max(time.time() - t0, 1e-9))
-            if saved_at != stop_step:
+            if saved_at != stop_step and self.writer:
                 last_ckpt = self.save(system, dm, stop_step)
         if received:  # arrived during the final save: it is complete, stop before the test renders
             raise TrainingInterrupted(received[0], stop_step, last_ckpt)

@@ -12,6 +12,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn
 
 from threestudio.utils.autodiff import no_grad
+from threestudio.utils.distributed import draw_rows
 from threestudio.utils.shape_buckets import call_bucketed
 
 # Rays handled at once by the NumPy marcher (bounds host memory: ~100 segments per ray).
@@ -112,13 +113,16 @@ class OccupancyGrid(nn.Cell):
         alpha_thre: float = 0.0,
         stratified: bool = False,
         cone_angle: float = 0.0,
+        shard=None,
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """March rays through the occupied cells.
 
         ``sigma_fn(t_starts, t_ends, ray_indices)`` / ``alpha_fn(...)`` receive NumPy arrays
         and return densities / alphas ``[n]`` (Tensor or array); they are called without
         gradient. Returns NumPy ``ray_indices`` (int64), ``t_starts``, ``t_ends`` (float32),
-        packed and sorted by ray.
+        packed and sorted by ray. ``shard`` (``threestudio.utils.distributed.BatchShard``): the rays
+        are a data-parallel rank's rows of a larger batch; the stratified jitter is drawn for the
+        whole batch, as one process would, and the rank's rows are kept.
         """
         if cone_angle != 0.0:
             raise NotImplementedError("only cone_angle=0 (constant step) is supported")
@@ -132,7 +136,7 @@ class OccupancyGrid(nn.Cell):
         if t_max is not None:
             far = np.minimum(far, _to_numpy(t_max))
         if stratified:
-            near = near + np.random.rand(n_rays) * render_step_size
+            near = near + draw_rows(np.random.random_sample, (n_rays,), shard) * render_step_size
 
         # Samples sit on t = near + k * step; keep those whose interval lies inside the box.
         box_lo, box_hi = ray_aabb_intersect(rays_o, rays_d, self._aabb())

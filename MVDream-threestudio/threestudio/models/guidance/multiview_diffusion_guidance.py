@@ -42,6 +42,7 @@ from mvdream.errors import ModelConfigError
 from threestudio.utils.autodiff import ChunkedVJP, Untaped, no_grad
 from threestudio.utils.base import BaseModule
 from threestudio.utils.config import ConfigError
+from threestudio.utils.distributed import draw_rows
 from threestudio.utils.misc import C
 from threestudio.utils.resize import resize_bilinear
 
@@ -201,8 +202,9 @@ class MultiviewDiffusionGuidance(BaseModule):
     def set_rng_state(self, state) -> None:
         self._rng.bit_generator.state = state
 
-    def _normal(self, shape) -> Tensor:
-        return Tensor(self._rng.standard_normal(shape).astype(np.float32))
+    def _normal(self, shape, shard=None) -> Tensor:
+        # shard: a data-parallel rank's rows of the noise one process draws for the whole batch
+        return Tensor(draw_rows(self._rng.standard_normal, shape, shard).astype(np.float32))
 
     # ------------------------------------------------------------------ pieces
     def get_camera_cond(self, c2w, fovy=None) -> Tensor:
@@ -215,13 +217,13 @@ class MultiviewDiffusionGuidance(BaseModule):
         posterior = self.model.encode_first_stage(imgs * 2.0 - 1.0)
         return self.model.get_first_stage_encoding(posterior, noise=posterior_noise)
 
-    def encode_images(self, imgs: Tensor, posterior_noise: Optional[Tensor] = None) -> Tensor:
+    def encode_images(self, imgs: Tensor, posterior_noise: Optional[Tensor] = None, shard=None) -> Tensor:
         """Latents of [B, 3, H, W] images in [0, 1], differentiable w.r.t. ``imgs``."""
         if posterior_noise is None:
             factor = self.model.vae_downsampling_factor
             channels = self.model.first_stage_model.embed_dim
             posterior_noise = self._normal((imgs.shape[0], channels, imgs.shape[2] // factor,
-                                            imgs.shape[3] // factor))
+                                            imgs.shape[3] // factor), shard)
         chunk = self.cfg.vae_grad_chunk_size
         if chunk is None:
             chunk = 1 if ms.get_context("device_target") == "CPU" else 0
@@ -229,14 +231,14 @@ class MultiviewDiffusionGuidance(BaseModule):
             return ChunkedVJP(self._encode, chunk)(imgs, posterior_noise)
         return self._encode(imgs, posterior_noise)
 
-    def _latents(self, rgb, rgb_as_latents, input_is_latent, posterior_noise):
+    def _latents(self, rgb, rgb_as_latents, input_is_latent, posterior_noise, shard=None):
         if input_is_latent:
             return rgb
         rgb_bchw = ops.transpose(rgb, (0, 3, 1, 2))
         if rgb_as_latents:
             return resize_bilinear(rgb_bchw, 64, 64) * 2 - 1
         size = self.cfg.image_size
-        return self.encode_images(resize_bilinear(rgb_bchw, size, size), posterior_noise)
+        return self.encode_images(resize_bilinear(rgb_bchw, size, size), posterior_noise, shard)
 
     def _timestep(self, timestep) -> Tensor:
         if timestep is None:
@@ -293,12 +295,13 @@ class MultiviewDiffusionGuidance(BaseModule):
     # ------------------------------------------------------------------ forward
     def construct(self, rgb, prompt_utils, elevation, azimuth, camera_distances, c2w, rgb_as_latents=False,
                   fovy=None, timestep=None, text_embeddings=None, input_is_latent=False, noise=None,
-                  posterior_noise=None, **kwargs):
+                  posterior_noise=None, shard=None, **kwargs):
         """x0-SDS loss of ``rgb`` (B, H, W, 3) in [0, 1] (or latents (B, 4, h, w) with
         ``input_is_latent``); elevation, azimuth, camera_distances: (B,); c2w: (B, 4, 4);
         ``text_embeddings`` (2B, 77, C) replace ``prompt_utils``'s. ``noise``/``posterior_noise``
-        (B, 4, h, w) / ``timestep`` replace the random draws. Returns loss_sds (scalar),
-        grad_norm (scalar), min_step, max_step, timestep (ints)."""
+        (B, 4, h, w) / ``timestep`` replace the random draws; ``shard``: a data-parallel rank's
+        part of the batch (its noise is that rank's rows of the whole batch's). Returns loss_sds
+        (scalar), grad_norm (scalar), min_step, max_step, timestep (ints)."""
         cfg = self.cfg
         batch_size = rgb.shape[0]
         if batch_size % cfg.n_view != 0:
@@ -307,10 +310,10 @@ class MultiviewDiffusionGuidance(BaseModule):
             text_embeddings = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances,
                                                                cfg.view_dependent_prompting)
 
-        latents = self._latents(rgb, rgb_as_latents, input_is_latent, posterior_noise)
+        latents = self._latents(rgb, rgb_as_latents, input_is_latent, posterior_noise, shard)
         t = self._timestep(timestep)
         if noise is None:
-            noise = self._normal(latents.shape)
+            noise = self._normal(latents.shape, shard)
 
         # The diffusion model gives a target only: no gradient (and no autodiff tape) through it.
         def target_of(latents_, noise_, text_embeddings_, *c2w_):

@@ -174,8 +174,9 @@ class NeRFVolumeRenderer(VolumeRenderer):
         return self.training and self.cfg.randomized
 
     # ------------------------------------------------------------------ sampling
-    def _sample(self, rays_o: np.ndarray, rays_d: np.ndarray):
-        """Packed ``(ray_indices, t_starts, t_ends)`` (NumPy) for flattened rays."""
+    def _sample(self, rays_o: np.ndarray, rays_d: np.ndarray, shard=None):
+        """Packed ``(ray_indices, t_starts, t_ends)`` (NumPy) for flattened rays; ``shard``: this
+        data-parallel rank's rows of the whole batch (its ray jitter is drawn for all rows)."""
         grid_prune = self.cfg.grid_prune
         alpha_prune = grid_prune and self.cfg.prune_alpha_threshold
 
@@ -198,10 +199,11 @@ class NeRFVolumeRenderer(VolumeRenderer):
             stratified=self.randomized,
             cone_angle=0.0,
             early_stop_eps=1e-4 if grid_prune else 0.0,
+            shard=shard,
         )
 
-    def _sample_and_count(self, rays_o: Tensor, rays_d: Tensor):
-        ray_np, t_starts_np, t_ends_np = self._sample(rays_o.asnumpy(), rays_d.asnumpy())
+    def _sample_and_count(self, rays_o: Tensor, rays_d: Tensor, shard=None):
+        ray_np, t_starts_np, t_ends_np = self._sample(rays_o.asnumpy(), rays_d.asnumpy(), shard)
         for key, value in (("n_rays", rays_o.shape[0]), ("n_marched", self.estimator.last_num_marched),
                            ("n_grid", self.estimator.last_num_grid), ("n_samples", ray_np.size)):
             self.stats[key] = self.stats.get(key, 0) + value
@@ -261,7 +263,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
     # ------------------------------------------------------------------ forward
     def construct(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor,
-                  bg_color: Optional[Tensor] = None, **kwargs) -> dict:
+                  bg_color: Optional[Tensor] = None, shard=None, **kwargs) -> dict:
         """rays_o, rays_d: (B, H, W, 3); light_positions: (B, 3); bg_color: (B, H, W, C), (B, C) or (C,).
 
         Returns images ``comp_rgb``, ``comp_rgb_fg``, ``comp_rgb_bg`` (B, H, W, 3), ``opacity``,
@@ -270,6 +272,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
         ``t_intervals`` (M, 1), ``t_dirs``, ``points`` (M, 3), ``ray_indices`` (M,) and the
         geometry's outputs (``density`` (M, 1), ``features``, ``normal`` ...). The keys are the
         same whatever ``grad_chunk_size`` and device (M counts zero-weight padding samples).
+        ``shard``: the data-parallel rank's part of the batch (threestudio.utils.distributed).
         """
         batch_size, height, width = rays_o.shape[:3]
         n_rays = batch_size * height * width
@@ -284,9 +287,10 @@ class NeRFVolumeRenderer(VolumeRenderer):
 
         grad_chunk = self.grad_chunk_size
         if self.training and 0 < grad_chunk < n_rays:
-            res = self._render_rays_chunked_grad(rays_o_flat, rays_d_flat, light_flat, grad_chunk, **kwargs)
+            res = self._render_rays_chunked_grad(rays_o_flat, rays_d_flat, light_flat, grad_chunk, shard, **kwargs)
         elif self.training:
-            res = self._render_rays(rays_o_flat, rays_d_flat, light_flat, **kwargs)
+            res = self._render_rays(rays_o_flat, rays_d_flat, light_flat,
+                                    samples=self._sample_and_count(rays_o_flat, rays_d_flat, shard), **kwargs)
         else:
             # bound memory: sample and composite ``eval_chunk_size`` rays at a time
             step = self.cfg.eval_chunk_size if self.cfg.eval_chunk_size > 0 else n_rays
@@ -334,12 +338,12 @@ class NeRFVolumeRenderer(VolumeRenderer):
         return int(size)
 
     def _render_rays_chunked_grad(self, rays_o: Tensor, rays_d: Tensor, light_positions: Tensor, chunk: int,
-                                  **kwargs) -> dict:
+                                  shard=None, **kwargs) -> dict:
         """The training outputs of ``_render_rays`` (same keys, values equal; per-sample outputs
         padded per piece) with a backward pass that holds the activations of ``chunk`` rays at a
         time (see ``_ChunkedRayGrad``). The samples (and perturbation noise) are drawn once, so
         the backward pass re-renders exactly the samples of the forward pass."""
-        samples = self._sample_and_count(rays_o, rays_d)
+        samples = self._sample_and_count(rays_o, rays_d, shard)
         perturb = self.cfg.return_normal_perturb
         pieces = []
         for start in range(0, rays_o.shape[0], chunk):
