@@ -15,11 +15,23 @@ from mvdream.kernels.build import build_library
 from . import GridLayout, register_backend
 
 _SOURCE = Path(__file__).with_name("hashgrid_kernel.cc")
+_library = None  # path of the built .so, or the exception that prevented building it
+
+
+def _build() -> str:
+    return build_library(_SOURCE, os.environ.get("THREESTUDIO_CACHE_DIR", Path.home() / ".cache" / "threestudio_ms"))
 
 
 def library() -> str:
-    """Path of the compiled kernel (built once, cached by source hash); raises the build error."""
-    return build_library(_SOURCE, os.environ.get("THREESTUDIO_CACHE_DIR", Path.home() / ".cache" / "threestudio_ms"))
+    global _library
+    if _library is None:
+        try:
+            _library = _build()
+        except Exception as err:  # noqa: BLE001 - remembered and re-raised on each check
+            _library = err
+    if isinstance(_library, Exception):
+        raise _library
+    return _library
 
 
 @register_backend("cpp")
