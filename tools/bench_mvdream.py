@@ -3,13 +3,16 @@
     python tools/bench_mvdream.py                   # every case
     python tools/bench_mvdream.py --cases unet ddim --dtypes fp32 fp16 --repeats 2
 
-Each case runs in its own process so that its peak resident memory is its own.
-Cases (the same work as ../shared/parity/torch_cpu_timings.json where one exists):
-  build  build the whole model (UNet + VAE + text; fp16: weights stored in fp16), seconds and peak RSS
-  unet   UNet forward, batch 8 = 4 views x CFG 2, 32x32 latents (256 px)
-  vae    VAE encode (posterior sample x 0.18215) + backward to the image, 8 x 256^2
-  ddim   one DDIM step of t2i (CFG batch of 8, 4 views at 256x256), full pipeline
-  text   text encoder on 2 prompts (incl. tokenisation)
+Each case runs in its own process so that its peak resident memory is its own. The cases
+are those of the side-by-side harness against the PyTorch original (``../shared/perf``,
+whose driver gives the MindSpore/PyTorch ratios), for the project alone:
+  build     build the whole model (UNet + VAE + text; fp16: weights stored in fp16), seconds and peak RSS
+  unet      UNet forward, batch 8 = 4 views x CFG 2, 32x32 latents (256 px)
+  vae       VAE encode (posterior sample x 0.18215), loss sum(z * w), backward to the image, 4 x 256^2
+  ddim      one DDIM step of t2i (CFG batch of 8, 4 views at 256x256), full pipeline
+  text      text encoder on 2 prompts (incl. tokenisation)
+  hashgrid  hash grid (16 levels x 2, 2^19, base 16) forward + backward to the table, 2^20 points
+  layers    single layers at UNet shapes (fp32 only; median of 5 calls each, seconds per call)
 """
 import argparse
 import json
@@ -22,9 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TORCH_TIMINGS = REPO.parent / "shared" / "parity" / "torch_cpu_timings.json"
-TORCH_CASE = {"unet": "unet_fwd_b8_nf4_32x32", "vae": "vae_enc_fwd_bwd_b8_256", "text": "text_fwd_2prompts",
-              "ddim": "unet_fwd_b8_nf4_32x32"}
+sys.path[:0] = [str(REPO / "MVDream"), str(REPO / "MVDream-threestudio")]  # this checkout first
 
 
 def _peak_rss_gb():
@@ -71,18 +72,19 @@ def run_case(case, dtype_name, repeats):
         x = Tensor(rng.standard_normal((8, 4, 32, 32)).astype(np.float32))
         t = Tensor(np.full((8,), 500, np.int64))
         context = Tensor(rng.standard_normal((8, 77, 1024)).astype(np.float32))
-        camera = ms.ops.tile(get_camera(4), (2, 1))
+        camera = ms.ops.tile(get_camera(4, elevation=15, azimuth_start=90), (2, 1))
         result["seconds"] = _timed(lambda: unet(x, t, context=context, camera=camera, num_frames=4).asnumpy(),
                                    repeats)
     elif case == "vae":
         vae = instantiate_from_config(_model_config().first_stage_config)
         vae.set_train(False)
-        image = Tensor(rng.uniform(-1, 1, (8, 3, 256, 256)).astype(np.float32))
-        noise = Tensor(rng.standard_normal((8, 4, 32, 32)).astype(np.float32))
+        image = Tensor(rng.uniform(-1, 1, (4, 3, 256, 256)).astype(np.float32))
+        noise = Tensor(rng.standard_normal((4, 4, 32, 32)).astype(np.float32))
+        weight = Tensor(rng.standard_normal((4, 4, 32, 32)).astype(np.float32))
 
         def encode(img):
             z = 0.18215 * vae.encode(img.astype(dtype)).sample(noise=noise.astype(dtype))
-            return z.astype(ms.float32).sum()
+            return (z.astype(ms.float32) * weight).sum()
         grad_fn = ms.grad(encode)
         result["seconds"] = _timed(lambda: grad_fn(image).asnumpy(), repeats)
     elif case == "text":
@@ -107,6 +109,18 @@ def run_case(case, dtype_name, repeats):
         t = Tensor(np.full((4,), int(sampler.ddim_timesteps[-1]), np.int64))
         result["seconds"] = _timed(
             lambda: sampler.p_sample_ddim(x, cond, t, 49, 10.0, uncond)[0].asnumpy(), repeats)
+    elif case == "hashgrid":
+        from threestudio.models.networks import get_encoding
+        enc = get_encoding(3, dict(otype="HashGrid", n_levels=16, n_features_per_level=2, log2_hashmap_size=19,
+                                   base_resolution=16, per_level_scale=1.447269237440378)).encoding
+        x = Tensor(rng.uniform(0, 1, (1 << 20, 3)).astype(np.float32))
+        g = Tensor(rng.standard_normal((1 << 20, 32)).astype(np.float32))
+        grad_fn = ms.grad(lambda params: (enc.backend(x, params) * g).sum())
+        result["backend"] = enc.backend.name
+        result["seconds"] = _timed(lambda: grad_fn(enc.params).asnumpy(), repeats)
+    elif case == "layers":
+        result["layers"] = _layers(rng)
+        result["seconds"] = [0.0]
     else:
         raise ValueError(f"unknown case {case}")
     result["median_s"] = statistics.median(result["seconds"])
@@ -114,9 +128,39 @@ def run_case(case, dtype_name, repeats):
     return result
 
 
+def _layers(rng):
+    """Seconds per call (median of 5 after a warm-up) of the project's layers at UNet shapes."""
+    import numpy as np
+    import mindspore as ms
+    from mindspore import Tensor
+    from mvdream.ldm.modules.attention import GEGLU
+    from mvdream.ldm.modules.torch_layers import GELU, GroupNorm, LayerNorm, Linear
+
+    x4 = Tensor(rng.standard_normal((8, 320, 32, 32)).astype(np.float32))
+    x3 = Tensor(rng.standard_normal((2, 4096, 320)).astype(np.float32))
+    xg = Tensor(rng.standard_normal((2, 4096, 1280)).astype(np.float32))
+    gn, ln, lin, gelu, geglu = GroupNorm(32, 320), LayerNorm(320), Linear(320, 2560), GELU(), GEGLU(320, 1280)
+    gn_grad = ms.grad(lambda x: (gn(x, silu=True) * x4).sum())
+    cases = {
+        "groupnorm (8,320,32,32)": lambda: gn(x4),
+        "groupnorm+silu (8,320,32,32)": lambda: gn(x4, silu=True),
+        "groupnorm+silu fwd+bwd (8,320,32,32)": lambda: gn_grad(x4),
+        "layernorm (2,4096,320)": lambda: ln(x3),
+        "linear 8192x320->2560": lambda: lin(x3),
+        "gelu_erf (2,4096,1280)": lambda: gelu(xg),
+        "geglu 8192x320->2x1280": lambda: geglu(x3),
+    }
+    rows = {}
+    for name, fn in cases.items():
+        times = _timed(lambda: fn().asnumpy(), 5)
+        rows[name] = round(statistics.median(times), 4)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["build", "unet", "vae", "ddim", "text"])
+    parser.add_argument("--cases", nargs="+", default=["build", "unet", "vae", "ddim", "text", "hashgrid", "layers"],
+                        choices=["build", "unet", "vae", "ddim", "text", "hashgrid", "layers"])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16"])
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up")
     parser.add_argument("--threads", type=int, default=None, help="CPU kernel threads (default: all cores)")
@@ -130,14 +174,12 @@ def main():
         print(json.dumps(run_case(args._child[0], args._child[1], args.repeats)))
         return
 
-    torch_times = {}
-    if TORCH_TIMINGS.is_file():
-        for run in json.loads(TORCH_TIMINGS.read_text())["runs"]:
-            for name, value in run["results"].items():
-                torch_times.setdefault(name, {})[run["tag"]] = value["median_s"]
-    print(f"{'case':6} {'dtype':5} {'median s':>9} {'runs':>22} {'peak RSS GB':>11} {'torch s (2thr)':>14} {'ratio':>6}")
+    print(f"{'case':8} {'dtype':5} {'median s':>9} {'runs':>22} {'peak RSS GB':>11}  load")
     for case in args.cases:
         for dtype in args.dtypes:
+            if case in ("hashgrid", "layers") and dtype != "fp32":
+                continue
+            load = os.getloadavg()[0]
             cmd = [sys.executable, __file__, "--_child", case, dtype, "--repeats", str(args.repeats),
                    "--device_target", args.device_target]
             if args.threads:
@@ -149,11 +191,11 @@ def main():
                 print(f"{case:6} {dtype:5} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
                 continue
             res = json.loads(lines[-1])
-            ref = torch_times.get(TORCH_CASE.get(case, ""), {}).get("threads2_default_omp")
-            ratio = f"{res['median_s'] / ref:6.2f}" if ref and case != "build" else "     -"
-            runs = ",".join(f"{s:.1f}" for s in res["seconds"])
-            print(f"{case:6} {dtype:5} {res['median_s']:9.2f} {runs:>22} {res['peak_rss_gb']:11.2f} "
-                  f"{(f'{ref:.1f}' if ref else '-'):>14} {ratio}", flush=True)
+            runs = ",".join(f"{s:.2f}" for s in res["seconds"])
+            print(f"{case:8} {dtype:5} {res['median_s']:9.2f} {runs:>22} {res['peak_rss_gb']:11.2f}  {load:.1f}",
+                  flush=True)
+            for name, seconds in res.get("layers", {}).items():
+                print(f"    {name:40} {seconds:.4f} s")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,16 @@
 """C++ hash grid (``hashgrid_kernel.cc``) behind ``ops.Custom(func_type="aot")`` on CPU.
 
-The source is compiled with g++ (-O3, OpenMP) on first use into
-``$THREESTUDIO_CACHE_DIR`` (default ``~/.cache/threestudio_ms``), named by the source hash
-so edits rebuild and concurrent processes never load a half-written library.
+The source is compiled on first use by :func:`mvdream.kernels.build.build_library` (the
+build-and-cache of every C++ kernel) into ``$THREESTUDIO_CACHE_DIR`` (default
+``~/.cache/threestudio_ms``).
 """
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
+from mvdream.kernels.build import build_library
 
 from . import GridLayout, register_backend
 
@@ -22,25 +19,7 @@ _library = None  # path of the built .so, or the exception that prevented buildi
 
 
 def _build() -> str:
-    src = _SOURCE.read_bytes()
-    digest = hashlib.sha1(src).hexdigest()[:12]
-    cache = Path(os.environ.get("THREESTUDIO_CACHE_DIR", Path.home() / ".cache" / "threestudio_ms"))
-    cache.mkdir(parents=True, exist_ok=True)
-    lib = cache / f"hashgrid_{digest}.so"
-    if lib.exists():
-        return str(lib)
-    compiler = shutil.which(os.environ.get("CXX", "g++"))
-    if compiler is None:
-        raise RuntimeError("no C++ compiler (g++) found")
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-    os.close(fd)
-    cmd = [compiler, "-O3", "-std=c++14", "-fopenmp", "-shared", "-fPIC", str(_SOURCE), "-o", tmp]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"compiling {_SOURCE.name} failed: {result.stderr[-2000:]}")
-    os.replace(tmp, lib)  # atomic: other processes see either nothing or the whole library
-    return str(lib)
+    return build_library(_SOURCE, os.environ.get("THREESTUDIO_CACHE_DIR", Path.home() / ".cache" / "threestudio_ms"))
 
 
 def library() -> str:

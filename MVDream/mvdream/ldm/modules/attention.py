@@ -10,29 +10,8 @@ import numpy as np
 from mindspore import nn, ops
 
 from .diffusionmodules.util import dropout as _dropout
-from .torch_layers import Conv2d, GroupNorm, LayerNorm, Linear, zero_module
-
-# ---------------------------------------------------------------------------
-# Core attention math, behind a switch so that a fused kernel can replace it.
-# ---------------------------------------------------------------------------
-
-ATTENTION_BACKENDS = ("math", "flash")
-_backend = "math"
-
-
-def set_attention_backend(name):
-    """Select how :func:`attention` computes: ``"math"`` (batched matmul + fp32
-    softmax; runs everywhere) or ``"flash"`` (``ops.flash_attention_score``,
-    Ascend only; used for fp16/bf16 inputs without mask, others fall back to math)."""
-    global _backend
-    if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {ATTENTION_BACKENDS}")
-    _backend = name
-
-
-def get_attention_backend():
-    return _backend
-
+from ...kernels.norm_act import cpu_kernels
+from .torch_layers import GELU, Conv2d, GroupNorm, LayerNorm, Linear, _as, zero_module
 
 _bmm = ops.BatchMatMul()
 # NB: every reshape of a transposed/broadcast view goes through .contiguous():
@@ -47,26 +26,6 @@ def _split_heads(x, heads):
     return x.reshape(b, n, heads, inner // heads).transpose(0, 2, 1, 3)
 
 
-def _attention_math(q, k, v, heads, scale, mask, attn_bias):
-    b, nq, inner = q.shape
-    q, k, v = (_split_heads(t, heads) for t in (q, k, v))
-    # q.k and the softmax in fp32 whatever the compute dtype (the original
-    # disables autocast here): fp16 logits overflow for long multiview sequences.
-    sim = _bmm_t(q.astype(ms.float32), k.astype(ms.float32)) * scale
-    if attn_bias is not None:
-        sim = sim + attn_bias.astype(ms.float32)
-    if mask is not None:
-        keep = mask.reshape(mask.shape[0], 1, 1, -1).astype(ms.bool_)
-        sim = ops.masked_fill(sim, ops.logical_not(keep), float(-np.finfo(np.float32).max))
-    probs = ops.softmax(sim, axis=-1).astype(v.dtype)
-    out = _bmm(probs, v)
-    return out.transpose(0, 2, 1, 3).contiguous().reshape(b, nq, inner)
-
-
-def _attention_flash(q, k, v, heads, scale):
-    return ops.flash_attention_score(q, k, v, heads, scalar_value=scale, input_layout="BSH")
-
-
 def attention(q, k, v, heads, scale, mask=None, attn_bias=None):
     """Multi-head scaled dot-product attention.
 
@@ -75,9 +34,21 @@ def attention(q, k, v, heads, scale, mask=None, attn_bias=None):
     ``attn_bias`` (optional): additive logits bias broadcastable to (B, H, Nq, Nk),
     e.g. OpenCLIP's causal mask (0 / -inf).
     """
-    if _backend == "flash" and mask is None and attn_bias is None and q.dtype in (ms.float16, ms.bfloat16):
-        return _attention_flash(q, k, v, heads, scale)
-    return _attention_math(q, k, v, heads, scale, mask, attn_bias)
+    b, nq, inner = q.shape
+    q, k, v = (_split_heads(t, heads) for t in (q, k, v))
+    # q.k and the softmax in fp32 whatever the compute dtype (the original
+    # disables autocast here): fp16 logits overflow for long multiview sequences.
+    # The scale goes onto q (D columns) instead of the (Nq, Nk) logits: the same
+    # numbers when it is a power of two, as for every 64-wide head.
+    sim = _bmm_t(_as(q, ms.float32) * scale, _as(k, ms.float32))
+    if attn_bias is not None:
+        sim = sim + attn_bias.astype(ms.float32)
+    if mask is not None:
+        keep = mask.reshape(mask.shape[0], 1, 1, -1).astype(ms.bool_)
+        sim = ops.masked_fill(sim, ops.logical_not(keep), float(-np.finfo(np.float32).max))
+    probs = _as(ops.softmax(sim, axis=-1), v.dtype)
+    out = _bmm(probs, v)
+    return out.transpose(0, 2, 1, 3).contiguous().reshape(b, nq, inner)
 
 
 # ---------------------------------------------------------------------------
@@ -110,15 +81,15 @@ class GEGLU(nn.Cell):
     def __init__(self, dim_in, dim_out):
         super().__init__()
         self.proj = Linear(dim_in, dim_out * 2)
+        kernels = cpu_kernels()
+        self.fused = kernels.geglu if kernels is not None else None  # one pass on CPU
 
     def construct(self, x):
-        x, gate = ops.chunk(self.proj(x), 2, axis=-1)
+        h = self.proj(x)
+        if self.fused is not None:
+            return _as(self.fused(_as(h, ms.float32)), h.dtype)
+        x, gate = ops.chunk(h, 2, axis=-1)
         return x * ops.gelu(gate, approximate="none")  # exact (erf) GELU, as torch's default
-
-
-class GELU(nn.Cell):
-    def construct(self, x):
-        return ops.gelu(x, approximate="none")
 
 
 class FeedForward(nn.Cell):

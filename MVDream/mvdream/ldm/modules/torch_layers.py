@@ -5,12 +5,20 @@ MindSpore's own norm layers call their parameters ``gamma``/``beta`` and its
 embedding ``embedding_table``; the cells here use ``weight``/``bias`` instead.
 Normalisation is computed in float32 whatever the input dtype (as the original's
 ``GroupNorm32`` does) and cast back, which keeps fp16 inference stable.
+
+Each layer picks its primitive by device target when it is built: on CPU the fused kernels of
+:mod:`mvdream.kernels.norm_act` (one pass, MindSpore's own CPU norms are far slower), elsewhere
+MindSpore's ops.
 """
 import math
 
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, nn, ops
+from mindspore import Tensor
 from mindspore.common.initializer import Uniform, Normal, initializer
+
+from ...kernels.norm_act import cpu_kernels
 
 
 def _uniform_fan_in(shape, fan_in):
@@ -18,6 +26,11 @@ def _uniform_fan_in(shape, fan_in):
     # kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     return initializer(Uniform(bound), shape, ms.float32)
+
+
+def _as(t, dtype):
+    """``t`` in ``dtype``, without a cast kernel when it already is."""
+    return t if t.dtype == dtype else t.astype(dtype)
 
 
 class Linear(nn.Cell):
@@ -30,14 +43,15 @@ class Linear(nn.Cell):
         self.weight = Parameter(_uniform_fan_in((out_features, in_features), in_features), name="weight")
         self.bias = Parameter(_uniform_fan_in((out_features,), in_features), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
+        self.bias_add = ops.BiasAdd()
 
     def construct(self, x):
         shape = x.shape
         # contiguous(): reshaping a non-contiguous view (transpose, chunk, broadcast)
         # corrupts the heap on MindSpore 2.7.1 CPU with MS_DEV_HOST_BLOCKING_RUN=1.
-        y = self.matmul(x.contiguous().reshape(-1, shape[-1]), self.weight.astype(x.dtype))
+        y = self.matmul(x.contiguous().reshape(-1, shape[-1]), _as(self.weight, x.dtype))
         if self.bias is not None:
-            y = y + self.bias.astype(x.dtype)
+            y = self.bias_add(y, _as(self.bias, x.dtype))  # fused into one pass over y
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
@@ -55,14 +69,15 @@ class Conv2d(nn.Cell):
         self.bias_add = ops.BiasAdd()
 
     def construct(self, x):
-        y = self.conv(x, self.weight.astype(x.dtype))
+        y = self.conv(x, _as(self.weight, x.dtype))
         if self.bias is not None:
-            y = self.bias_add(y, self.bias.astype(x.dtype))
+            y = self.bias_add(y, _as(self.bias, x.dtype))
         return y
 
 
 class GroupNorm(nn.Cell):
-    """``torch.nn.GroupNorm`` computed in float32."""
+    """``torch.nn.GroupNorm`` computed in float32; ``construct(x, silu=True)`` also applies
+    SiLU (fused into the same pass on CPU), as the ResBlocks' norm -> SiLU pairs do."""
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
         super().__init__()
@@ -70,21 +85,32 @@ class GroupNorm(nn.Cell):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
+        # Without affine the parameters stay out of the cell (as in torch) but the
+        # kernels take them: constant ones/zeros.
+        weight = initializer("ones", (num_channels,), ms.float32)
+        bias = initializer("zeros", (num_channels,), ms.float32)
         if affine:
-            self.weight = Parameter(initializer("ones", (num_channels,), ms.float32), name="weight")
-            self.bias = Parameter(initializer("zeros", (num_channels,), ms.float32), name="bias")
+            self.weight = Parameter(weight, name="weight")
+            self.bias = Parameter(bias, name="bias")
+        else:
+            self.weight = Tensor(np.ones(num_channels, np.float32))
+            self.bias = Tensor(np.zeros(num_channels, np.float32))
+        kernels = cpu_kernels()
+        self.fused = kernels.group_norm if kernels is not None else None
+        self.cfg = (Tensor(np.array([num_groups, eps, 0.0], np.float32)),
+                    Tensor(np.array([num_groups, eps, 1.0], np.float32)))
 
-    def construct(self, x):
+    def construct(self, x, silu=False):
         dtype = x.dtype
-        shape = x.shape
-        h = x.astype(ms.float32).contiguous().reshape(shape[0], self.num_groups, -1)  # see Linear
-        mean = h.mean(axis=-1, keep_dims=True)
-        var = ((h - mean) ** 2).mean(axis=-1, keep_dims=True)
-        h = ((h - mean) / ops.sqrt(var + self.eps)).reshape(shape)
-        if self.affine:
-            param_shape = (1, self.num_channels) + (1,) * (len(shape) - 2)
-            h = h * self.weight.reshape(param_shape) + self.bias.reshape(param_shape)
-        return h.astype(dtype)
+        h = _as(x, ms.float32).contiguous()
+        weight, bias = _as(self.weight, ms.float32), _as(self.bias, ms.float32)
+        if self.fused is not None:
+            h = self.fused(h, weight, bias, self.cfg[1] if silu else self.cfg[0])
+        else:
+            h = ops.group_norm(h, self.num_groups, weight, bias, self.eps)
+            if silu:
+                h = ops.silu(h)
+        return _as(h, dtype)
 
 
 class LayerNorm(nn.Cell):
@@ -95,14 +121,34 @@ class LayerNorm(nn.Cell):
         self.eps = eps
         self.weight = Parameter(initializer("ones", (normalized_shape,), ms.float32), name="weight")
         self.bias = Parameter(initializer("zeros", (normalized_shape,), ms.float32), name="bias")
+        kernels = cpu_kernels()
+        self.fused = kernels.layer_norm if kernels is not None else None
+        self.cfg = Tensor(np.array([eps], np.float32))
+        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
     def construct(self, x):
         dtype = x.dtype
-        h = x.astype(ms.float32)
-        mean = h.mean(axis=-1, keep_dims=True)
-        var = ((h - mean) ** 2).mean(axis=-1, keep_dims=True)
-        h = (h - mean) / ops.sqrt(var + self.eps)
-        return (h * self.weight + self.bias).astype(dtype)
+        h = _as(x, ms.float32).contiguous()
+        weight, bias = _as(self.weight, ms.float32), _as(self.bias, ms.float32)
+        if self.fused is not None:
+            h = self.fused(h, weight, bias, self.cfg)
+        else:
+            h = self.layer_norm(h, weight, bias)[0]
+        return _as(h, dtype)
+
+
+class GELU(nn.Cell):
+    """``torch.nn.GELU()``: the exact (erf) GELU."""
+
+    def __init__(self):
+        super().__init__()
+        kernels = cpu_kernels()
+        self.fused = kernels.gelu if kernels is not None else None
+
+    def construct(self, x):
+        if self.fused is not None:
+            return _as(self.fused(_as(x, ms.float32).contiguous()), x.dtype)
+        return ops.gelu(x, approximate="none")
 
 
 class Embedding(nn.Cell):

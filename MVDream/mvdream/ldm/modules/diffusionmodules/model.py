@@ -80,10 +80,10 @@ class ResnetBlock(nn.Cell):
                 self.nin_shortcut = Conv2d(in_channels, out_channels, 1, stride=1, padding=0)
 
     def construct(self, x, temb=None):
-        h = self.conv1(nonlinearity(self.norm1(x)))
+        h = self.conv1(self.norm1(x, silu=True))
         if temb is not None:
             h = h + self.temb_proj(nonlinearity(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(nonlinearity(self.norm2(h))))
+        h = self.conv2(self.dropout(self.norm2(h, silu=True)))
         if self.in_channels != self.out_channels:
             x = self.conv_shortcut(x) if self.use_conv_shortcut else self.nin_shortcut(x)
         return x + h
@@ -215,7 +215,7 @@ class Encoder(nn.Cell):
             if level.has_resample:
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(nonlinearity(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h, silu=True))
 
 
 class Decoder(nn.Cell):
@@ -275,7 +275,7 @@ class Decoder(nn.Cell):
                 h = level.upsample(h)
         if self.give_pre_end:
             return h
-        h = self.conv_out(nonlinearity(self.norm_out(h)))
+        h = self.conv_out(self.norm_out(h, silu=True))
         if self.tanh_out:
             h = ops.tanh(h)
         return h

@@ -104,7 +104,9 @@ class ResBlock(TimestepBlock):
             self.skip_connection = Conv2d(channels, self.out_channels, 1)
 
     def construct(self, x, emb):
-        h = self.in_layers(x)
+        # in_layers = [norm, SiLU, conv]: the norm applies the SiLU itself (one fused pass
+        # on CPU); same for out_layers = [norm, SiLU, dropout, conv] below.
+        h = self.in_layers[2](self.in_layers[0](x, silu=True))
         # emb stays fp32 up to here (as in the original); cast to the compute dtype.
         emb_out = self.emb_layers(emb).astype(h.dtype)[:, :, None, None]
         if self.use_scale_shift_norm:
@@ -113,7 +115,7 @@ class ResBlock(TimestepBlock):
             for layer in self.out_layers[1:]:
                 h = layer(h)
         else:
-            h = self.out_layers(h + emb_out)
+            h = self.out_layers[3](self.out_layers[2](self.out_layers[0](h + emb_out, silu=True)))
         skip = x if self.skip_connection is None else self.skip_connection(x)
         return skip + h
 
@@ -270,4 +272,5 @@ class MultiViewUNetModel(nn.Cell):
         h = self.middle_block(h, emb, context, num_frames=num_frames)
         for module in self.output_blocks:
             h = module(ops.cat([h, hs.pop()], axis=1), emb, context, num_frames=num_frames)
-        return self.out(h.astype(x.dtype))
+        # out = [norm, SiLU, conv], the SiLU fused into the norm
+        return self.out[2](self.out[0](h.astype(x.dtype), silu=True))

@@ -18,7 +18,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, XavierUniform, initializer
 
 from ..attention import attention
-from ..torch_layers import Embedding, Identity, LayerNorm, Linear
+from ..torch_layers import GELU, Embedding, Identity, LayerNorm, Linear
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
 
@@ -96,13 +96,6 @@ def load_model_config_file(path):
 class QuickGELU(nn.Cell):
     def construct(self, x):
         return x * ops.sigmoid(1.702 * x)
-
-
-class GELU(nn.Cell):
-    """Exact (erf) GELU, as ``torch.nn.GELU()``."""
-
-    def construct(self, x):
-        return ops.gelu(x, approximate="none")
 
 
 class LayerScale(nn.Cell):

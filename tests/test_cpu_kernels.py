@@ -1,0 +1,132 @@
+"""The fused CPU kernels (mvdream.kernels.norm_act) and the layers that use them compute
+GroupNorm(+SiLU), LayerNorm, erf-GELU and GEGLU and their gradients as float64 NumPy does;
+MindSpore's own ops (the path of other device targets) give the same numbers."""
+import math
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor
+
+from mvdream.kernels.norm_act import cpu_kernels
+from mvdream.ldm.modules.attention import GEGLU
+from mvdream.ldm.modules.torch_layers import GELU, GroupNorm, LayerNorm
+
+_erf = np.vectorize(math.erf)
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def _group_norm(x, w, b, groups, eps, silu):
+    h = x.reshape(x.shape[0], groups, -1)
+    h = ((h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + eps)).reshape(x.shape)
+    y = h * w[None, :, None, None] + b[None, :, None, None]
+    return y / (1.0 + np.exp(-y)) if silu else y
+
+
+def _layer_norm(x, w, b, eps):
+    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * w + b
+
+
+def _geglu(h):
+    a, g = np.split(h, 2, axis=-1)
+    return a * _gelu(g)
+
+
+def _numeric_grad(f, arrays, weight):
+    """d sum(f(*arrays) * weight) / d arrays, central differences in float64."""
+    grads = []
+    for i, a in enumerate(arrays):
+        grad = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            args = [x.copy() for x in arrays]
+            args[i][idx] += 1e-6
+            up = (f(*args) * weight).sum()
+            args[i][idx] -= 2e-6
+            grad[idx] = (up - (f(*args) * weight).sum()) / 2e-6
+        grads.append(grad)
+    return grads
+
+
+def _check(cell, ref, inputs, params=(), atol=2e-6):
+    """Forward and gradients (inputs and parameters) of ``cell`` against ``ref`` in float64."""
+    x64 = [a.astype(np.float64) for a in inputs]
+    p64 = [p.asnumpy().astype(np.float64) for p in params]
+    want = ref(*x64, *p64)
+    got = cell(*[Tensor(a) for a in inputs])
+    np.testing.assert_allclose(got.asnumpy(), want, rtol=0, atol=atol * max(1.0, np.abs(want).max()))
+    weight = np.random.default_rng(7).standard_normal(want.shape)
+    grad_fn = ms.grad(lambda *xs: (cell(*xs) * Tensor(weight.astype(np.float32))).sum(),
+                      grad_position=tuple(range(len(inputs))), weights=list(params) or None)
+    grads = grad_fn(*[Tensor(a) for a in inputs])
+    if params:
+        grads = list(grads[0] if isinstance(grads[0], tuple) else (grads[0],)) + list(grads[1])
+    elif not isinstance(grads, tuple):
+        grads = (grads,)
+    for got_g, want_g in zip(grads, _numeric_grad(ref, x64 + p64, weight)):
+        np.testing.assert_allclose(got_g.asnumpy(), want_g, rtol=0, atol=1e-5 * max(1.0, np.abs(want_g).max()))
+
+
+def _random_affine(cell, rng):
+    cell.weight.set_data(Tensor(rng.standard_normal(cell.weight.shape).astype(np.float32)))
+    cell.bias.set_data(Tensor(rng.standard_normal(cell.bias.shape).astype(np.float32)))
+    return cell
+
+
+def test_layers_use_the_fused_kernels_on_cpu():
+    assert ms.get_context("device_target") == "CPU" and cpu_kernels() is not None
+    assert all(cell.fused is not None for cell in (GroupNorm(2, 4), LayerNorm(4), GELU(), GEGLU(4, 4)))
+
+
+@pytest.mark.parametrize("silu", [False, True])
+def test_group_norm_kernel_and_gradients(silu):
+    rng = np.random.default_rng(0)
+    gn = _random_affine(GroupNorm(4, 8, eps=1e-6), rng)
+    x = (3.0 * rng.standard_normal((2, 8, 3, 2)) + 1.0).astype(np.float32)
+    _check(lambda t: gn(t, silu=silu), lambda t, w, b: _group_norm(t, w, b, 4, 1e-6, silu), [x],
+           (gn.weight, gn.bias))
+
+
+def test_layer_norm_kernel_and_gradients():
+    rng = np.random.default_rng(1)
+    ln = _random_affine(LayerNorm(6), rng)
+    x = (2.0 * rng.standard_normal((2, 3, 6)) - 0.5).astype(np.float32)
+    _check(ln, lambda t, w, b: _layer_norm(t, w, b, 1e-5), [x], (ln.weight, ln.bias))
+
+
+def test_gelu_and_geglu_kernels_and_gradients():
+    rng = np.random.default_rng(2)
+    kernels = cpu_kernels()
+    x = np.concatenate([np.linspace(-9, 9, 37), 3 * rng.standard_normal(11)]).astype(np.float32).reshape(4, 12)
+    _check(GELU(), _gelu, [x])
+    _check(kernels.geglu, _geglu, [x])
+
+
+def test_mindspore_ops_path_matches_the_kernels(monkeypatch):
+    rng = np.random.default_rng(3)
+    x4 = rng.standard_normal((2, 8, 4, 4)).astype(np.float32)
+    x3 = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    fused = [GroupNorm(4, 8), LayerNorm(8), GELU()]
+    monkeypatch.setenv("MVDREAM_CPU_KERNELS", "0")
+    plain = [GroupNorm(4, 8), LayerNorm(8), GELU()]
+    assert all(cell.fused is None for cell in plain)
+    for a, b in zip(fused[:2], plain[:2]):
+        for cell in (a, b):
+            _random_affine(cell, np.random.default_rng(4))
+    pairs = [(lambda c: c(Tensor(x4), silu=True), fused[0], plain[0]),
+             (lambda c: c(Tensor(x3)), fused[1], plain[1]),
+             (lambda c: c(Tensor(x3)), fused[2], plain[2])]
+    for run, a, b in pairs:
+        np.testing.assert_allclose(run(a).asnumpy(), run(b).asnumpy(), rtol=0, atol=2e-6)
+
+
+def test_kernels_run_under_jit():
+    gn, gelu = GroupNorm(2, 4), GELU()
+
+    def run(t):
+        return gelu(gn(t, silu=True))
+
+    x = Tensor(np.linspace(-4, 4, 96, dtype=np.float32).reshape(2, 4, 3, 4))
+    np.testing.assert_array_equal(ms.jit(run)(x).asnumpy(), run(x).asnumpy())
