@@ -224,7 +224,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
         # evaluation also renders normals whenever the geometry defines them (test videos)
         output_normal = self.material.requires_normal or (
             not self.training and getattr(self.geometry.cfg, "normal_type", None) is not None)
-        geo_out = chunk_batch(self.geometry, chunk, positions, output_normal=output_normal)
+        geo_out = chunk_batch(self.geometry, chunk, positions, output_normal=output_normal, viewdirs=t_dirs)
         rgb_fg_all = chunk_batch(self.material, chunk, viewdirs=t_dirs, positions=positions,
                                  light_positions=t_light_positions, **geo_out, **kwargs)
 
@@ -242,7 +242,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
             if "normal" in geo_out and self.cfg.return_normal_perturb:
                 noise = Tensor(np.random.randn(*positions.shape).astype(np.float32) * 1e-2)
                 out["normal_perturb"] = self.geometry(
-                    positions + noise, output_normal=self.material.requires_normal)["normal"]
+                    positions + noise, output_normal=self.material.requires_normal, viewdirs=t_dirs)["normal"]
         return out
 
     # ------------------------------------------------------------------ forward
