@@ -61,10 +61,12 @@ def render_spheres(rays_o, rays_d, ks):
     return np.concatenate([rgb, hit[..., None]], -1)
 
 
-def fit_variant(scene_name: str, variant: str, seed: int = 0, steps: int = 300, log_every: int = 0):
+def fit_variant(scene_name: str, variant: str, seed: int = 0, steps: int = 200, rays: int = 1024,
+                samples_per_ray: int = 128, log_every: int = 0):
     """fit_and_evaluate of one variant on one scene ("specular" or "lambertian")."""
     geometry, material_type, material, optimizer_groups = VARIANTS[variant]
     optimizer = {**OPTIMIZER_CFG, "params": {**OPTIMIZER_CFG["params"], **optimizer_groups}}
     ks = SPECULAR[scene_name]
-    return fit_and_evaluate(lambda: Scene({**GEOMETRY_CFG, **geometry}, material_type, material), lambda o, d: render_spheres(o, d, ks), optimizer, seed, steps,
-                            TRAIN_VIEWS, TEST_VIEWS, log_every)
+    return fit_and_evaluate(lambda: Scene({**GEOMETRY_CFG, **geometry}, material_type, material, samples_per_ray),
+                            lambda o, d: render_spheres(o, d, ks), optimizer, seed, steps,
+                            TRAIN_VIEWS, TEST_VIEWS, log_every, rays)

@@ -80,13 +80,14 @@ def target_images(elevations_deg, azimuths_deg, render=render_sphere):
 class Scene(nn.Cell, Updateable):
     """What the optimizer config addresses (``geometry.encoding``, ``background``, ...), as a system."""
 
-    def __init__(self, geometry_cfg=None, material_type="no-material", material_cfg=None):
+    def __init__(self, geometry_cfg=None, material_type="no-material", material_cfg=None,
+                 samples_per_ray=SAMPLES_PER_RAY):
         super().__init__()
         self.geometry = threestudio.find("implicit-volume")(geometry_cfg or GEOMETRY_CFG)
         self.material = threestudio.find(material_type)(material_cfg or {"n_output_dims": 3, "color_activation": "sigmoid"})
         self.background = threestudio.find("solid-color-background")({"color": BACKGROUND})
         self.renderer = threestudio.find("nerf-volume-renderer")(
-            {"radius": 1.0, "num_samples_per_ray": SAMPLES_PER_RAY}, self.geometry, self.material, self.background)
+            {"radius": 1.0, "num_samples_per_ray": samples_per_ray}, self.geometry, self.material, self.background)
 
 
 def psnr(pred, target):
@@ -98,7 +99,7 @@ TEST_VIEWS = ([15, 10, 20, 5], np.arange(4) * 90.0 + 22.5)
 
 
 def fit_and_evaluate(make_scene=Scene, render=render_sphere, optimizer_cfg=OPTIMIZER_CFG, seed=0, steps=STEPS,
-                     train_views=TRAIN_VIEWS, test_views=TEST_VIEWS, log_every=50):
+                     train_views=TRAIN_VIEWS, test_views=TEST_VIEWS, log_every=50, rays=RAYS_PER_STEP):
     """Fit ``make_scene()``, built after seeding, to the targets of ``render`` on the training
     views, then render the held-out views: PSNR (all, per view, object pixels), seconds per step."""
     np.random.seed(seed)  # the renderer's stratified offsets and the grid's cell jitter use np.random
@@ -121,12 +122,12 @@ def fit_and_evaluate(make_scene=Scene, render=render_sphere, optimizer_cfg=OPTIM
     t0 = time.time()
     for step in range(steps):
         scene.do_update_step(0, step)  # occupancy grid EMA updates every 16 steps, as in training
-        idx = rng.choice(train_rgb.shape[0], RAYS_PER_STEP, replace=False)
+        idx = rng.choice(train_rgb.shape[0], rays, replace=False)
         loss, grads = grad_fn(Tensor(train_o[idx][None, None]), Tensor(train_d[idx][None, None]),
                               Tensor(train_rgb[idx][None, None]))
         optimizer(grads)
         if log_every and step % log_every == 0:
-            kept = scene.renderer.stats["n_samples"] / RAYS_PER_STEP
+            kept = scene.renderer.stats["n_samples"] / rays
             occupied = int(scene.renderer.estimator.binaries.asnumpy().sum())
             print(f"step {step}: loss {float(loss.asnumpy()):.5f}, {kept:.1f} samples/ray, "
                   f"{occupied} occupied cells, {time.time() - t0:.1f} s", flush=True)
