@@ -39,12 +39,12 @@ def run_one(scene, variant, seed, args):
 
 
 # the real config's NeRF with each option (mvdream-sd21.yaml + overrides)
-COST_VARIANTS = {
-    "xyz-only": [],
-    "dir-encoding": ["system.geometry.dir_encoding_config={otype: SphericalHarmonics, degree: 4}"],
-    "neural-radiance-material": [
-        "system.geometry.n_feature_dims=8", "system.material_type=neural-radiance-material",
-        "system.material={input_feature_dims: 8, dir_encoding_config: {otype: SphericalHarmonics, degree: 4}}"],
+SH4 = {"otype": "SphericalHarmonics", "degree": 4}
+COST_VARIANTS = {  # name -> (overrides, material config replacing the original's or None)
+    "xyz-only": ([], None),
+    "dir-encoding": (["system.geometry.dir_encoding_config={otype: SphericalHarmonics, degree: 4}"], None),
+    "neural-radiance-material": (["system.geometry.n_feature_dims=8", "system.material_type=neural-radiance-material"],
+                                 {"input_feature_dims": 8, "dir_encoding_config": SH4}),
 }
 
 
@@ -57,10 +57,12 @@ def render_cost(rounds: int):
     from threestudio.utils.config import load_config
 
     scenes = {}
-    for name, overrides in COST_VARIANTS.items():
+    for name, (overrides, material) in COST_VARIANTS.items():
         np.random.seed(0)
         ms.set_seed(0)
         cfg = load_config(str(DEFAULT_CONFIG), cli_args=["system.prompt_processor.prompt=benchmark", *overrides])
+        if material is not None:
+            cfg.system.material = material
         renderer, params = build_scene(cfg, "auto")
         for k in range(4):  # warm-up updates, as bench_render
             renderer.update_step(0, 16 * k)
