@@ -27,7 +27,7 @@ class SphereGeometry(nn.Cell):
         r = ops.norm(points - self.center, dim=-1, keepdim=True)
         return self.gain * self.peak * ops.sigmoid((self.sphere_radius - r) / self.edge)
 
-    def construct(self, points, output_normal=False):
+    def construct(self, points, output_normal=False, viewdirs=None):
         out = {"density": self.forward_density(points),
                # position-dependent features so colours vary over the surface
                "features": self.tint + 0.3 * points}

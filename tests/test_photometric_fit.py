@@ -72,44 +72,50 @@ def render_sphere(rays_o, rays_d):
     return np.concatenate([rgb, hit[..., None]], -1).astype(np.float32)
 
 
-def target_images(elevations_deg, azimuths_deg):
-    """Anti-aliased targets [B, H, W, 3] and object coverage [B, H, W]: rendered at
-    SUPERSAMPLE x the size and averaged over the blocks."""
+def target_images(elevations_deg, azimuths_deg, render=render_sphere):
+    """Anti-aliased targets [B, H, W, 3] and object coverage [B, H, W]: ``render`` (rays_o,
+    rays_d -> [..., 4] rgb + hit) at SUPERSAMPLE x the size, averaged over the blocks."""
     s = SUPERSAMPLE
     rays_o, rays_d = cameras(elevations_deg, azimuths_deg, SIZE * s)
-    hi = render_sphere(rays_o, rays_d).reshape(len(azimuths_deg), SIZE, s, SIZE, s, 4).mean((2, 4))
+    hi = render(rays_o, rays_d).reshape(len(azimuths_deg), SIZE, s, SIZE, s, 4).mean((2, 4))
     return hi[..., :3], hi[..., 3]
 
 
 class Scene(nn.Cell, Updateable):
     """What the optimizer config addresses (``geometry.encoding``, ``background``, ...), as a system."""
 
-    def __init__(self):
+    def __init__(self, geometry_cfg=None, material_type="no-material", material_cfg=None,
+                 samples_per_ray=SAMPLES_PER_RAY):
         super().__init__()
-        self.geometry = threestudio.find("implicit-volume")(GEOMETRY_CFG)
-        self.material = threestudio.find("no-material")({"n_output_dims": 3, "color_activation": "sigmoid"})
+        self.geometry = threestudio.find("implicit-volume")(geometry_cfg or GEOMETRY_CFG)
+        self.material = threestudio.find(material_type)(material_cfg or {"n_output_dims": 3, "color_activation": "sigmoid"})
         self.background = threestudio.find("solid-color-background")({"color": BACKGROUND})
         self.renderer = threestudio.find("nerf-volume-renderer")(
-            {"radius": 1.0, "num_samples_per_ray": SAMPLES_PER_RAY}, self.geometry, self.material, self.background)
+            {"radius": 1.0, "num_samples_per_ray": samples_per_ray}, self.geometry, self.material, self.background)
 
 
 def psnr(pred, target):
     return float(-10.0 * np.log10(np.mean((pred - target) ** 2)))
 
 
-def fit_and_evaluate():
-    np.random.seed(0)  # the renderer's stratified offsets and the grid's cell jitter use np.random
-    ms.set_seed(0)
-    rng = np.random.default_rng(0)
-    train_elev, train_azim = [0, 30] * 4, np.arange(8) * 45.0
-    test_elev, test_azim = [15, 10, 20, 5], np.arange(4) * 90.0 + 22.5
-    train_o, train_d = cameras(train_elev, train_azim, SIZE)
-    train_o, train_d = train_o.reshape(-1, 3), train_d.reshape(-1, 3)
-    train_rgb = target_images(train_elev, train_azim)[0].reshape(-1, 3)
+TRAIN_VIEWS = ([0, 30] * 4, np.arange(8) * 45.0)  # (elevations, azimuths) in degrees
+TEST_VIEWS = ([15, 10, 20, 5], np.arange(4) * 90.0 + 22.5)
 
-    scene = Scene()
+
+def fit_and_evaluate(make_scene=Scene, render=render_sphere, optimizer_cfg=OPTIMIZER_CFG, seed=0, steps=STEPS,
+                     train_views=TRAIN_VIEWS, test_views=TEST_VIEWS, log_every=50, rays=RAYS_PER_STEP):
+    """Fit ``make_scene()``, built after seeding, to the targets of ``render`` on the training
+    views, then render the held-out views: PSNR (all, per view, object pixels), seconds per step."""
+    np.random.seed(seed)  # the renderer's stratified offsets and the grid's cell jitter use np.random
+    ms.set_seed(seed)
+    rng = np.random.default_rng(seed)
+    train_o, train_d = cameras(*train_views, SIZE)
+    train_o, train_d = train_o.reshape(-1, 3), train_d.reshape(-1, 3)
+    train_rgb = target_images(*train_views, render=render)[0].reshape(-1, 3)
+
+    scene = make_scene()
     scene.set_train(True)
-    optimizer, params = parse_optimizer(OPTIMIZER_CFG, scene)
+    optimizer, params = parse_optimizer(optimizer_cfg, scene)
     light = Tensor(np.zeros((1, 3), np.float32))
 
     def loss_fn(rays_o, rays_d, rgb):
@@ -118,30 +124,31 @@ def fit_and_evaluate():
 
     grad_fn = ms.value_and_grad(loss_fn, None, params)
     t0 = time.time()
-    for step in range(STEPS):
+    for step in range(steps):
         scene.do_update_step(0, step)  # occupancy grid EMA updates every 16 steps, as in training
-        idx = rng.choice(train_rgb.shape[0], RAYS_PER_STEP, replace=False)
+        idx = rng.choice(train_rgb.shape[0], rays, replace=False)
         loss, grads = grad_fn(Tensor(train_o[idx][None, None]), Tensor(train_d[idx][None, None]),
                               Tensor(train_rgb[idx][None, None]))
         optimizer(grads)
-        if step % 50 == 0:
-            kept = scene.renderer.stats["n_samples"] / RAYS_PER_STEP
+        if log_every and step % log_every == 0:
+            kept = scene.renderer.stats["n_samples"] / rays
             occupied = int(scene.renderer.estimator.binaries.asnumpy().sum())
             print(f"step {step}: loss {float(loss.asnumpy()):.5f}, {kept:.1f} samples/ray, "
                   f"{occupied} occupied cells, {time.time() - t0:.1f} s", flush=True)
     fit_s = time.time() - t0
 
     scene.set_train(False)
-    test_o, test_d = cameras(test_elev, test_azim, SIZE)
+    n_test = len(test_views[1])
+    test_o, test_d = cameras(*test_views, SIZE)
     with no_grad():
-        pred = scene.renderer(Tensor(test_o), Tensor(test_d), Tensor(np.zeros((4, 3), np.float32)))["comp_rgb"]
+        pred = scene.renderer(Tensor(test_o), Tensor(test_d), Tensor(np.zeros((n_test, 3), np.float32)))["comp_rgb"]
     pred = pred.asnumpy()
-    test_rgb, coverage = target_images(test_elev, test_azim)
+    test_rgb, coverage = target_images(*test_views, render=render)
     views = [psnr(p, t) for p, t in zip(pred, test_rgb)]
     # the white background is most of each image: also report the object's pixels alone
     on_object = coverage > 0
     return {"psnr": psnr(pred, test_rgb), "views": views, "object_psnr": psnr(pred[on_object], test_rgb[on_object]),
-            "object_fraction": float(on_object.mean()), "fit_s": fit_s}
+            "object_fraction": float(on_object.mean()), "fit_s": fit_s, "step_s": fit_s / max(steps, 1)}
 
 
 def test_photometric_fit_held_out_psnr():

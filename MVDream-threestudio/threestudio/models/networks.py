@@ -143,7 +143,7 @@ class ProgressiveBandHashGrid(HashGridEncoding):
 
 # ----------------------------------------------------------------------------- other encodings
 
-# Real spherical-harmonics basis in tcnn's order and sign convention, bands l = 0..3.
+# tcnn's real spherical harmonics (``sh_enc``), bands l = 0..3 as its polynomials, index l*l + l + m.
 _SH_BASIS = (
     lambda x, y, z: 0.28209479177387814 * ops.ones_like(x),
     lambda x, y, z: -0.48860251190291987 * y,
@@ -164,9 +164,40 @@ _SH_BASIS = (
 )
 
 
+def _sh_high_band_factors(degree: int):
+    """tcnn's bands 4 .. degree-1 as products of linear factors in z (float64 -> float32 pairs).
+
+    tcnn's polynomials are the ones Sloan's recurrences generate ("Stupid Spherical Harmonics
+    Tricks", appendix A1): ``Y_l^m = N_l^m Q_l^|m|(z) (Re, Im)(x + i y)^|m|`` (Im for m < 0),
+    ``Q_m^m = (-1)^m (2m - 1)!!`` (Condon-Shortley phase),
+    ``Q_l^m = ((2l - 1) z Q_{l-1}^m - (l + m - 1) Q_{l-2}^m) / (l - m)``. Written out term by
+    term (or run as the recurrence) in float32, bands 6 and 7 lose 1e-6 to 5e-6 to cancellation.
+    ``N_l^m Q_l^m`` has l - m real roots in (-1, 1), so it is evaluated as
+    ``lead * prod((z - r_hi) - r_lo)`` with each root split into two float32 parts: ~3e-7.
+    Returns {(l, m): (lead, [(r_hi, r_lo), ...])} for m >= 0.
+    """
+    factors = {}
+    for m in range(degree):
+        n_mm = math.sqrt((2 * m + 1) / (4 * math.pi) / math.factorial(2 * m) * (2.0 if m else 1.0))
+        q_prev, q = np.zeros(1), np.array([(-1) ** m * math.prod(range(2 * m - 1, 0, -2)) * n_mm])
+        for l in range(m, degree):
+            if l > m:
+                n_ratio = math.sqrt((2 * l + 1) / (2 * l - 1) * (l - m) / (l + m))  # N_l^m / N_{l-1}^m
+                n_ratio2 = (n_ratio * math.sqrt((2 * l - 1) / (2 * l - 3) * (l - 1 - m) / (l - 1 + m))
+                            if l - 2 >= m else 0.0)
+                q_new = np.polynomial.polynomial.polymulx(q) * (2 * l - 1) * n_ratio / (l - m)
+                q_new[:len(q_prev)] -= q_prev * (l + m - 1) * n_ratio2 / (l - m)
+                q_prev, q = q, q_new
+            if l >= 4:
+                roots = np.sort(np.roots(q[::-1]).real)
+                factors[l, m] = (float(q[-1]), [(float(np.float32(r)), float(r - np.float32(r))) for r in roots])
+    return factors
+
+
 @_register_encoding("SphericalHarmonics")
 class SphericalHarmonicsEncoding(Encoding):
-    """tcnn SphericalHarmonics: input directions mapped to [0, 1]; ``degree`` d gives d^2 outputs."""
+    """tcnn SphericalHarmonics: directions come mapped to [0, 1] as ``(d + 1) / 2`` (and are
+    mapped back with ``2 x - 1``); ``degree`` d in 1..8 gives d^2 outputs in tcnn's order."""
 
     config_keys = ("degree",)
 
@@ -176,19 +207,44 @@ class SphericalHarmonicsEncoding(Encoding):
         self.degree = int(cfg.get("degree", 4))
         if n_input_dims != 3:
             raise ConfigError("SphericalHarmonics encodes 3-D directions")
-        if not 1 <= self.degree <= 4:
-            raise ConfigError(f"SphericalHarmonics: degree must be in 1..4, got {self.degree}")
+        if not 1 <= self.degree <= 8:
+            raise ConfigError(f"SphericalHarmonics: degree must be in 1..8 (as tcnn), got {self.degree}")
         self.n_input_dims, self.n_output_dims = 3, self.degree ** 2
+        self.factors = _sh_high_band_factors(self.degree)
 
     def construct(self, x):
-        d = x * 2.0 - 1.0  # tcnn takes (dir + 1) / 2
+        d = x * 2.0 - 1.0  # [N, 3]
         xs, ys, zs = d[:, 0], d[:, 1], d[:, 2]
-        return ops.stack([f(xs, ys, zs) for f in _SH_BASIS[: self.n_output_dims]], axis=-1)
+        out = [f(xs, ys, zs) for f in _SH_BASIS[: self.n_output_dims]]
+        if self.degree > 4:
+            out += self._high_bands(xs, ys, zs)
+        return ops.stack(out, axis=-1)  # [N, degree^2]
+
+    def _high_bands(self, xs, ys, zs):
+        """Bands 4 .. degree-1, in tcnn's order."""
+        re, im = [ops.ones_like(xs)], [ops.zeros_like(xs)]  # (Re, Im)(x + i y)^m
+        for _ in range(1, self.degree):
+            re, im = re + [xs * re[-1] - ys * im[-1]], im + [xs * im[-1] + ys * re[-1]]
+        out = [None] * (self.n_output_dims - 16)
+        for (l, m), (lead, roots) in self.factors.items():
+            value = ops.full_like(zs, lead)
+            for r_hi, r_lo in roots:
+                value = value * ((zs - r_hi) - r_lo)
+            i = l * l + l - 16
+            if m == 0:
+                out[i] = value
+            else:
+                out[i + m], out[i - m] = value * re[m], value * im[m]
+        return out
 
 
 @_register_encoding("Frequency")
 class FrequencyEncoding(Encoding):
-    """tcnn Frequency: per input dim and octave k, (sin, cos)(2^k * pi * x)."""
+    """tcnn Frequency: per input dim d, octave k, (sin, cos)(2^k pi x_d); output order (d, k, sin/cos).
+
+    ``x 2^k`` is exact in float32 (as tcnn's ``scalbnf``); it is reduced modulo 2 before the
+    multiplication by pi, so the highest octaves keep float32 accuracy (pi * 2^11 * x would
+    lose ~1e-3 of its phase to rounding)."""
 
     config_keys = ("n_frequencies",)
 
@@ -196,12 +252,14 @@ class FrequencyEncoding(Encoding):
         super().__init__()
         cfg = _checked(config, type(self))
         self.n_frequencies = int(cfg.get("n_frequencies", 12))
-        self.freqs = Tensor((2.0 ** np.arange(self.n_frequencies) * np.pi).astype(np.float32))
+        self.scales = Tensor((2.0 ** np.arange(self.n_frequencies)).astype(np.float32))
         self.n_input_dims = n_input_dims
         self.n_output_dims = n_input_dims * self.n_frequencies * 2
 
     def construct(self, x):
-        arg = x[:, :, None] * self.freqs  # [N, D, K]
+        y = x[:, :, None] * self.scales  # [N, D, K]
+        y = y - 2.0 * ops.stop_gradient(ops.round(y * 0.5))  # in [-1, 1], exact; same sin and cos
+        arg = y * math.pi
         return ops.stack([ops.sin(arg), ops.cos(arg)], axis=-1).reshape(x.shape[0], -1)
 
 
@@ -275,6 +333,20 @@ def get_encoding(n_input_dims: int, config) -> CompositeEncoding:
         raise ConfigError(f"unknown encoding otype '{otype}'; known: {', '.join(sorted(_ENCODINGS))}")
     encoding = _ENCODINGS[otype.lower()](n_input_dims, cfg)
     return CompositeEncoding(encoding, include_xyz=bool(cfg.get("include_xyz", False)))
+
+
+class DirectionEncoding(Encoding):
+    """Encoding of view directions [N, 3] of any length: normalised, then mapped to [0, 1] as
+    ``(d + 1) / 2``, the range tcnn's SphericalHarmonics expects (as threestudio's materials)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.encoding = get_encoding(3, config)
+        self.l2_normalize = ops.L2Normalize(axis=-1, epsilon=1e-24)  # d / max(|d|, 1e-12)
+        self.n_input_dims, self.n_output_dims = 3, self.encoding.n_output_dims
+
+    def construct(self, dirs):
+        return self.encoding((self.l2_normalize(dirs) + 1.0) / 2.0)
 
 
 # ----------------------------------------------------------------------------- MLPs

@@ -147,10 +147,35 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     return arrays, meta
 
 
-def check_fingerprint(path: str, meta: Dict[str, Any], expected: Dict[str, str]) -> None:
-    """Refuse a checkpoint written for another model config, naming the first differing section."""
+def _first_difference(stored: Any, current: Any, path: str = ""):
+    """(dotted key, stored value, current value) of the first difference of two config trees."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        for key in sorted(set(stored) | set(current), key=str):
+            if stored.get(key) != current.get(key):
+                return _first_difference(stored.get(key), current.get(key), f"{path}.{key}")
+    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
+        for item_s, item_c in zip(stored, current):
+            if item_s != item_c:
+                return _first_difference(item_s, item_c, path)
+    return path, stored, current
+
+
+def _show(value: Any) -> str:
+    return "not set" if value is None else json.dumps(value)
+
+
+def check_fingerprint(path: str, meta: Dict[str, Any], expected: Dict[str, str],
+                      sections: Dict[str, Any] = None) -> None:
+    """Refuse a checkpoint written for another model config, naming the first differing section
+    (and key, when the checkpoint stores its ``config`` sections and ``sections`` is given)."""
     stored = meta.get("fingerprint", {})
     for name in sorted(set(stored) | set(expected)):
         if stored.get(name) != expected.get(name):
+            detail = ""
+            stored_config = meta.get("config", {})
+            if sections is not None and name in stored_config and name in sections:
+                current = _decode(json.loads(json.dumps(_encode(sections[name]))))  # as stored
+                key, was, now = _first_difference(stored_config[name], current)
+                detail = f" ({name}{key}: {_show(was)} in the checkpoint, {_show(now)} here)"
             raise CheckpointError(
-                f"{path} was written for a different model: its system.{name} config differs from this run's")
+                f"{path} was written for a different model: its system.{name} config differs from this run's{detail}")

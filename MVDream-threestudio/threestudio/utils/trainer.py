@@ -132,13 +132,15 @@ def checkpoint_payload(system, optimizer, params, dm, global_step: int, epoch: i
         "rng": system.rng_states(),
         "datamodule_rng": dm.get_rng_state() if dm is not None else None,
         "fingerprint": fingerprint(system.fingerprint_sections()),
+        "config": system.fingerprint_sections(),  # to name what differs when a config does not fit
     }
     return arrays, meta
 
 
 def restore_checkpoint(path: str, arrays, meta, system, optimizer=None, params=None, dm=None) -> int:
     """Load a checkpoint read with ``load_checkpoint`` into the run; returns its global step."""
-    check_fingerprint(path, meta, fingerprint(system.fingerprint_sections()))
+    sections = system.fingerprint_sections()
+    check_fingerprint(path, meta, fingerprint(sections), sections)
     state = {k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")}
     system.load_state_arrays(state, source=path)
     if optimizer is not None:

@@ -1,4 +1,10 @@
-"""``implicit-volume``: hash-grid density + feature field with a blob density prior (threestudio)."""
+"""``implicit-volume``: hash-grid density + feature field with a blob density prior (threestudio).
+
+Port option ``dir_encoding_config`` (default null: the original xyz-only feature field): the
+view directions of the samples are encoded (e.g. tcnn SphericalHarmonics) and concatenated to the
+xyz encoding before ``feature_network``, so the colour can depend on the view. A mesh export
+then takes the colour seen head-on (see ``export``).
+"""
 import logging
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -8,7 +14,7 @@ from mindspore import Tensor, ops
 
 import threestudio
 from threestudio.models.geometry.base import BaseGeometry, BaseImplicitGeometry, contract_to_unisphere
-from threestudio.models.networks import get_encoding, get_mlp
+from threestudio.models.networks import DirectionEncoding, get_encoding, get_mlp
 from threestudio.utils.activations import get_activation
 from threestudio.utils.config import ConfigError
 
@@ -64,6 +70,9 @@ class ImplicitVolume(BaseImplicitGeometry):
         # {min_anneal_step, max_anneal_step, start_val, end_val}: linearly anneal density_blob_std
         anneal_density_blob_std_config: Optional[dict] = None
         isosurface_threshold: Union[float, str] = 25.0
+        # port option: encoding of the view directions fed to feature_network with the xyz encoding
+        # (null: xyz only, as the original; checkpoints of either layout only load into the same)
+        dir_encoding_config: Optional[dict] = None
 
     cfg: Config
 
@@ -78,8 +87,15 @@ class ImplicitVolume(BaseImplicitGeometry):
         self.density_blob_std = cfg.density_blob_std
         self.encoding = get_encoding(cfg.n_input_dims, cfg.pos_encoding_config)
         self.density_network = get_mlp(self.encoding.n_output_dims, 1, cfg.mlp_network_config)
+        self.dir_encoding = None
+        n_feature_inputs = self.encoding.n_output_dims
+        if cfg.dir_encoding_config is not None:
+            if cfg.n_feature_dims <= 0:
+                raise ConfigError("implicit-volume: dir_encoding_config needs n_feature_dims > 0")
+            self.dir_encoding = DirectionEncoding(cfg.dir_encoding_config)
+            n_feature_inputs += self.dir_encoding.n_output_dims
         if cfg.n_feature_dims > 0:
-            self.feature_network = get_mlp(self.encoding.n_output_dims, cfg.n_feature_dims, cfg.mlp_network_config)
+            self.feature_network = get_mlp(n_feature_inputs, cfg.n_feature_dims, cfg.mlp_network_config)
         if cfg.normal_type == "pred":
             self.normal_network = get_mlp(self.encoding.n_output_dims, 3, cfg.mlp_network_config)
         eps = cfg.finite_difference_normal_eps
@@ -110,20 +126,29 @@ class ImplicitVolume(BaseImplicitGeometry):
 
     # ------------------------------------------------------------------ forward
 
-    def construct(self, points: Tensor, output_normal: bool = False):
-        # points (..., 3) -> {"density": (..., 1), "features": (..., Nf),
-        #                     "normal", "shading_normal": (..., 3) if output_normal}
+    def construct(self, points: Tensor, output_normal: bool = False, viewdirs: Optional[Tensor] = None):
+        # points: (*N, 3); viewdirs: (*N, 3) ray directions, used with dir_encoding_config
+        # returns density (*N, 1), features (*N, n_feature_dims)[, normal, shading_normal (*N, 3)]
         lead = points.shape[:-1]
         enc = self._encode(points)
         raw = self.density_network(enc).reshape(lead + (1,))
         _, density = self.get_activated_density(points, raw)
         output = {"density": density}
         if self.cfg.n_feature_dims > 0:
-            output["features"] = self.feature_network(enc).reshape(lead + (self.cfg.n_feature_dims,))
+            output["features"] = self._features(enc, viewdirs).reshape(lead + (self.cfg.n_feature_dims,))
         if output_normal:
             normal = self._normal(points, enc)
             output.update({"normal": normal, "shading_normal": normal})
         return output
+
+    def _features(self, enc: Tensor, viewdirs: Optional[Tensor]) -> Tensor:
+        """feature_network on the xyz encoding [M, n_enc], plus the encoded view directions."""
+        if self.dir_encoding is None:
+            return self.feature_network(enc)
+        if viewdirs is None:
+            raise ValueError("implicit-volume with dir_encoding_config needs the view directions (viewdirs) "
+                             "of its points")
+        return self.feature_network(ops.cat([enc, self.dir_encoding(viewdirs.reshape(-1, 3))], axis=-1))
 
     def _normal(self, points: Tensor, enc: Tensor) -> Tensor:
         normal_type = self.cfg.normal_type
@@ -159,11 +184,26 @@ class ImplicitVolume(BaseImplicitGeometry):
     def forward_level(self, field: Tensor, threshold: float) -> Tensor:
         return -(field - threshold)
 
-    def export(self, points: Tensor, **kwargs):
+    def export(self, points: Tensor, viewdirs: Optional[Tensor] = None, **kwargs):
+        """Features at surface points (*N, 3) for a mesh export. With dir_encoding_config the
+        features depend on the view: the export takes the colour seen head-on, ``viewdirs`` =
+        ``head_on_viewdirs(points)`` unless given (e.g. minus the mesh's vertex normals). The
+        directions used (given or computed) are returned with the features, so that
+        ``material.export(**geometry.export(points, viewdirs))`` sees the same ones."""
         if self.cfg.n_feature_dims == 0:
             return {}
-        features = self.feature_network(self._encode(points))
-        return {"features": features.reshape(points.shape[:-1] + (self.cfg.n_feature_dims,))}
+        if viewdirs is None and self.dir_encoding is not None:
+            viewdirs = self.head_on_viewdirs(points)
+        out = {} if viewdirs is None else {"viewdirs": viewdirs}
+        features = self._features(self._encode(points), out.get("viewdirs"))
+        out["features"] = features.reshape(points.shape[:-1] + (self.cfg.n_feature_dims,))
+        return out
+
+    def head_on_viewdirs(self, points: Tensor) -> Tensor:
+        """The export's view direction at points (*N, 3): looking straight at the surface, i.e.
+        minus the outward normal of the density (central differences, as ``normal_type``
+        finite_difference), whatever ``normal_type`` is configured."""
+        return -self.finite_difference_normal(points)
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False):
         anneal = self.cfg.anneal_density_blob_std_config
@@ -181,7 +221,8 @@ class ImplicitVolume(BaseImplicitGeometry):
         instance = ImplicitVolume(cfg, **kwargs)
         names = ["encoding", "density_network"]
         if copy_net:
-            if instance.cfg.n_feature_dims > 0 and other.cfg.n_feature_dims == instance.cfg.n_feature_dims:
+            if (instance.cfg.n_feature_dims > 0 and other.cfg.n_feature_dims == instance.cfg.n_feature_dims
+                    and other.cfg.dir_encoding_config == instance.cfg.dir_encoding_config):
                 names.append("feature_network")
             if instance.cfg.normal_type == "pred" and other.cfg.normal_type == "pred":
                 names.append("normal_network")

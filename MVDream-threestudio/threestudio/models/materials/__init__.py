@@ -1,1 +1,1 @@
-from . import base, diffuse_with_point_light, no_material  # noqa: F401
+from . import base, diffuse_with_point_light, neural_radiance_material, no_material  # noqa: F401

@@ -234,7 +234,7 @@ class NeRFVolumeRenderer(VolumeRenderer):
         # evaluation also renders normals whenever the geometry defines them (test videos)
         output_normal = self.material.requires_normal or (
             not self.training and getattr(self.geometry.cfg, "normal_type", None) is not None)
-        geo_out = chunk_batch(self.geometry, chunk, positions, output_normal=output_normal)
+        geo_out = chunk_batch(self.geometry, chunk, positions, output_normal=output_normal, viewdirs=t_dirs)
         rgb_fg_all = chunk_batch(self.material, chunk, viewdirs=t_dirs, positions=positions,
                                  light_positions=t_light_positions, **geo_out, **kwargs)
 
@@ -253,7 +253,8 @@ class NeRFVolumeRenderer(VolumeRenderer):
                 if normal_noise is None:
                     normal_noise = self._normal_noise(ray_np.size)
                 out["normal_perturb"] = self.geometry(
-                    positions + Tensor(normal_noise), output_normal=self.material.requires_normal)["normal"]
+                    positions + Tensor(normal_noise), output_normal=self.material.requires_normal,
+                    viewdirs=t_dirs)["normal"]
         else:
             out = {k: v for k, v in out.items() if k in _PER_RAY}
         return out

@@ -1,0 +1,34 @@
+"""Reduced ablation of view-dependent colour (tools/ablate_viewdep.py, seed 0, 150 steps of 1024
+rays): xyz-only vs ``dir_encoding_config`` on the Blinn-Phong scene and its Lambertian control.
+
+Measured (README, "View-dependent colour"): at this training budget neither option beats the
+xyz-only NeRF on the specular scene (dir-encoding -0.5 dB at seed 0, neural-radiance-material
+-3.7 dB), so no gain is asserted here. What is asserted: the scene's view-dependent highlight
+costs the xyz-only NeRF held-out PSNR (>= 0.5 dB below the Lambertian control; measured 1.1 dB),
+and the direction input does not hurt the Lambertian control (within 0.5 dB; measured +0.5 dB).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_specular_scene_is_view_dependent_and_dir_encoding_keeps_the_lambertian_control():
+    env = dict(os.environ, MS_DEV_HOST_BLOCKING_RUN="1", GLOG_v="3")
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "ablate_viewdep.py"), "--seeds", "0",
+                           "--steps", "150", "--rays", "1024", "--variants", "xyz-only,dir-encoding", "--jobs", "2"],
+                          capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    print(proc.stdout)
+    psnr = {(r["scene"], r["variant"]): r["psnr"]
+            for r in map(json.loads, (line for line in proc.stdout.splitlines() if line.startswith("{")))}
+    assert len(psnr) == 4 and "| specular | xyz-only |" in proc.stdout  # the table is printed
+    assert psnr["specular", "xyz-only"] <= psnr["lambertian", "xyz-only"] - 0.5
+    assert psnr["lambertian", "dir-encoding"] >= psnr["lambertian", "xyz-only"] - 0.5
