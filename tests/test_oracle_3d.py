@@ -18,7 +18,7 @@ MVDream's 64 -> 256, then 32x32), the guidance's annealed timestep range and std
 Scored on 8 held-out cameras (azimuths between the training ones' spread, elevations 5-28 deg,
 64x64 over white; latents of the 2x2-averaged images at the guidance's 32x32): latent distance
 (VAE posterior means), RGB PSNR, and the Chamfer distance from the exporter's mesh
-(``extract_color_mesh``, the geometry's isosurface settings) to the scene's surface.
+(the mesh-exporter, the geometry's isosurface settings) to the scene's surface.
 A negative control gives each view the target of a different random scene of the same family.
 
 Measured (150 steps, 2 shared cores; wall time 22-26 min per run under a load average of
@@ -60,7 +60,7 @@ from launch_helpers import build_tiny
 from oracle_teacher import (BoxSphereScene, OracleUNet, SceneTeacher, TeacherDataset, encode_mean,
                             render_views, sharpen_vae_posterior)
 from threestudio.data.uncond import make_camera_batch
-from threestudio.utils.mesh_export import extract_color_mesh
+from test_mesh_export import extract
 from threestudio.utils.ops import get_ray_directions, spherical_to_cartesian
 
 STEPS, MILESTONE = 150, 40
@@ -128,7 +128,7 @@ def chamfer(a, b):
 
 def mesh_chamfer(system, scene, rng):
     """Chamfer distance of the exporter's mesh (64^3, the geometry's threshold) to the scene's surface."""
-    mesh, _ = extract_color_mesh(system.geometry, system.material, resolution=64)
+    mesh, _ = extract(system.geometry, system.material, resolution=64)
     system.set_train(True)
     return chamfer(mesh.vertices, scene.surface_points(20000, rng))
 
