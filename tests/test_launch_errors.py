@@ -71,7 +71,8 @@ def test_foreign_checkpoint_subprocess(workdir):
                    cwd=workdir)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and lines[-1] == (f"error: {ckpt} was written for a different model: its "
-                                               "system.renderer config differs from this run's")
+                                               "system.renderer config differs from this run's "
+                                               "(renderer.num_samples_per_ray: 4 in the checkpoint, 5 here)")
     assert "Traceback" not in r.stderr
     assert len(list(workdir.glob("outputs/*/*"))) == n_trials
 
