@@ -28,8 +28,13 @@ def _only_trial(root: Path) -> Path:
     return trials[0]
 
 
-def test_two_ranks_train_the_same_parameters_as_one_process(tmp_path):
+def test_two_ranks_train_the_same_parameters_as_one_process(tmp_path, monkeypatch):
     from threestudio.utils.checkpoint import load_checkpoint
+
+    # MindSpore's own norm/activation ops on both sides: the fused C++ kernels' SIMD reductions
+    # follow the buffer's alignment, so a half batch rounds differently in the last bits, and
+    # Adam's m / sqrt(v) magnifies that past 1e-5 (measured 3.4e-5 on 6 of 32768 hash-grid entries).
+    monkeypatch.setenv("MVDREAM_CPU_KERNELS", "0")
 
     one = run_launch(DP_ARGS + [f"exp_root_dir={tmp_path / 'one'}"], cwd=tmp_path, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -42,12 +47,7 @@ def test_two_ranks_train_the_same_parameters_as_one_process(tmp_path):
     assert meta_a["global_step"] == meta_b["global_step"] == 3
     assert sorted(a) == sorted(b)
     for key in a:  # parameters, Adam moments, occupancy grid
-        diff = np.abs(np.asarray(b[key], np.float64) - np.asarray(a[key], np.float64))
-        # Two ranks sum their halves of a gradient, one process sums it whole: the sums differ in
-        # the last bits, and Adam's m / (sqrt(v) + eps) magnifies that where a hash-grid entry's
-        # gradient is near zero. Measured: at most 6 of 32768 table entries above 1e-5 (3.4e-5).
-        assert diff.size == 0 or (np.mean(diff <= 1e-5) >= 0.999 and diff.max() <= 1e-4), \
-            f"{key}: {np.sum(diff > 1e-5)} of {diff.size} differ by more than 1e-5, max {diff.max():.3g}"
+        np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5, err_msg=key)
     np.testing.assert_array_equal(b["state.renderer.estimator.binaries"], a["state.renderer.estimator.binaries"])
     # every random stream ends where one process's does: resuming under any world size continues it
     assert json.dumps(meta_b["datamodule_rng"], sort_keys=True) == json.dumps(meta_a["datamodule_rng"], sort_keys=True)
