@@ -130,3 +130,49 @@ def test_kernels_run_under_jit():
 
     x = Tensor(np.linspace(-4, 4, 96, dtype=np.float32).reshape(2, 4, 3, 4))
     np.testing.assert_array_equal(ms.jit(run)(x).asnumpy(), run(x).asnumpy())
+
+
+def _forward_and_input_grad(fn, x, w):
+    grad = ms.grad(lambda t: (fn(t) * Tensor(w)).sum(), grad_position=0)(Tensor(x))
+    return fn(Tensor(x)).asnumpy(), grad.asnumpy()
+
+
+@pytest.mark.parametrize("op", ["group_norm", "group_norm_silu", "layer_norm", "gelu", "geglu"])
+def test_a_sample_computes_bitwise_the_same_alone_and_at_an_odd_offset_in_a_batch(op):
+    # Per-sample sizes (315, 185, 370 floats) are no multiple of 8, so samples 1 and 2 start at
+    # addresses no vector-aligned buffer has: a reduction that follows the alignment (omp simd)
+    # rounds them differently, and data-parallel ranks (half batches) stop matching one process.
+    kernels = cpu_kernels()
+    rng = np.random.default_rng(5)
+    if op.startswith("group_norm"):
+        shape, cfg = (3, 9, 5, 7), Tensor(np.array([3, 1e-5, float(op.endswith("silu"))], np.float32))
+        gamma, beta = (Tensor(rng.standard_normal(9).astype(np.float32)) for _ in range(2))
+        fn = lambda t: kernels.group_norm(t, gamma, beta, cfg)  # noqa: E731
+    elif op == "layer_norm":
+        shape, cfg = (3, 5, 37), Tensor(np.array([1e-5], np.float32))
+        gamma, beta = (Tensor(rng.standard_normal(37).astype(np.float32)) for _ in range(2))
+        fn = lambda t: kernels.layer_norm(t, gamma, beta, cfg)  # noqa: E731
+    else:
+        shape, fn = (3, 5, 74) if op == "geglu" else (3, 5, 37), getattr(kernels, op)
+    x = (3.0 * rng.standard_normal(shape) + 0.5).astype(np.float32)
+    w = rng.standard_normal(fn(Tensor(x)).shape).astype(np.float32)
+    y_all, g_all = _forward_and_input_grad(fn, x, w)
+    for i in range(3):
+        y_one, g_one = _forward_and_input_grad(fn, x[i:i + 1], w[i:i + 1])
+        np.testing.assert_array_equal(y_all[i], y_one[0], err_msg=f"{op} forward, sample {i}")
+        np.testing.assert_array_equal(g_all[i], g_one[0], err_msg=f"{op} input gradient, sample {i}")
+
+
+def test_linear_rows_are_bitwise_the_same_in_any_batch():
+    # Below ~32 rows MindSpore's CPU MatMul takes a kernel that rounds differently (a UNet's
+    # time/camera embeddings at batch 8 vs 16): Linear pads to MIN_ROWS on CPU.
+    from mvdream.ldm.modules.torch_layers import Linear
+    rng = np.random.default_rng(6)
+    lin = Linear(320, 1280)
+    x = rng.standard_normal((16, 320)).astype(np.float32)
+    full = lin(Tensor(x)).asnumpy()
+    for part in (slice(8, 16), slice(3, 4), slice(0, 2)):
+        np.testing.assert_array_equal(lin(Tensor(x[part])).asnumpy(), full[part])
+    np.testing.assert_array_equal(ms.jit(lambda t: lin(t))(Tensor(x[:2])).asnumpy(), full[:2])
+    np.testing.assert_allclose(full, x.astype(np.float64) @ lin.weight.asnumpy().T + lin.bias.asnumpy(),
+                               rtol=0, atol=1e-5)

@@ -14,14 +14,15 @@
 // Statistics are accumulated in double (two passes), so results match a float64 reference to
 // float32 rounding. exp is a branch-free polynomial after Cephes (~1 ulp) that the compiler
 // vectorises; erf is libm's.
+//
+// Every sum has one fixed order that depends on the index range alone (lane_sums), never on
+// the buffer's address or the thread count, so a sample's output is bitwise the same alone or
+// at any place in a larger batch: data-parallel ranks reproduce one process.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace {
 
@@ -61,34 +62,45 @@ int64_t numel(int ndim, const int64_t* shape) {
   return n;
 }
 
-int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+// sums[k] = sum over i in [0, n) of the k-th of the K terms term(i, t) writes to t, in double.
+// Lane j adds the terms of i = j (mod kLanes) in order and the lanes are combined pairwise:
+// a vectorised reduction (omp simd) would instead peel to the buffer's alignment, so the same
+// values at another address would round differently.
+constexpr int kLanes = 8;
 
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
+template <int K, class Term>
+inline void lane_sums(int64_t n, Term term, double* sums) {
+  double acc[K][kLanes] = {};
+  const int64_t body = n - n % kLanes;
+  for (int64_t i = 0; i < body; i += kLanes) {
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) {
+      double t[K];
+      term(i + j, t);
+      for (int k = 0; k < K; ++k) acc[k][j] += t[k];
+    }
+  }
+  for (int64_t i = body; i < n; ++i) {
+    double t[K];
+    term(i, t);
+    for (int k = 0; k < K; ++k) acc[k][i - body] += t[k];
+  }
+  for (int k = 0; k < K; ++k) {
+    const double* a = acc[k];
+    sums[k] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  }
 }
 
 // Mean and 1/sqrt(var + eps) of n contiguous values, accumulated in double.
 inline void moments(const float* x, int64_t n, double eps, float* mean, float* rstd) {
-  double s = 0.0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += x[i];
+  double s;
+  lane_sums<1>(n, [x](int64_t i, double* t) { t[0] = x[i]; }, &s);
   const double m = s / n;
-  double v = 0.0;
-#pragma omp simd reduction(+ : v)
-  for (int64_t i = 0; i < n; ++i) {
+  double v;
+  lane_sums<1>(n, [x, m](int64_t i, double* t) {
     const double d = x[i] - m;
-    v += d * d;
-  }
+    t[0] = d * d;
+  }, &v);
   *mean = static_cast<float>(m);
   *rstd = static_cast<float>(1.0 / std::sqrt(v / n + eps));
 }
@@ -178,27 +190,27 @@ extern "C" int group_norm_bwd(int nparam, void** params, int* ndims, int64_t** s
       const float* xc = x + base + c * g.S;
       const float* dyc = dy + base + c * g.S;
       float* dzc = dxg + c * g.S;
-      double sg = 0.0, sb = 0.0, sz = 0.0, szx = 0.0;
-#pragma omp simd reduction(+ : sg, sb, sz, szx)
-      for (int64_t s = 0; s < g.S; ++s) {
+      const bool silu = g.silu;
+      double sums[4];  // dy*xhat, dy, dz, dz*xhat (dy through SiLU)
+      lane_sums<4>(g.S, [=](int64_t s, double* t) {
         const float xhat = (xc[s] - mean) * rstd;
         float d = dyc[s];
-        if (g.silu) {
+        if (silu) {
           const float v = xhat * gm + bt;
           const float sv = sigmoid(v);
           d *= sv * (1.0f + v * (1.0f - sv));
         }
-        sg += d * xhat;
-        sb += d;
         const float dz = d * gm;
         dzc[s] = dz;
-        sz += dz;
-        szx += dz * xhat;
-      }
-      part_g[n * g.C + c0 + c] = sg;
-      part_b[n * g.C + c0 + c] = sb;
-      sum_dz += sz;
-      sum_dz_xhat += szx;
+        t[0] = d * xhat;
+        t[1] = d;
+        t[2] = dz;
+        t[3] = dz * xhat;
+      }, sums);
+      part_g[n * g.C + c0 + c] = sums[0];
+      part_b[n * g.C + c0 + c] = sums[1];
+      sum_dz += sums[2];
+      sum_dz_xhat += sums[3];
     }
     const int64_t m = g.Cg * g.S;
     const float mz = static_cast<float>(sum_dz / m), mzx = static_cast<float>(sum_dz_xhat / m);
@@ -257,30 +269,35 @@ extern "C" int layer_norm_bwd(int nparam, void** params, int* ndims, int64_t** s
   float* dx = static_cast<float*>(params[5]);
   float* dgamma = static_cast<float*>(params[6]);
   float* dbeta = static_cast<float*>(params[7]);
-  const int T = max_threads();
-  std::vector<double> part_g(static_cast<size_t>(T) * C, 0.0), part_b(static_cast<size_t>(T) * C, 0.0);
-#pragma omp parallel
-  {
-    double* pg = part_g.data() + static_cast<size_t>(thread_id()) * C;
-    double* pb = part_b.data() + static_cast<size_t>(thread_id()) * C;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < R; ++r) {
+  // dgamma, dbeta: partial sums over fixed blocks of rows, added in block order (the same for
+  // any thread count).
+  constexpr int64_t kRows = 64;
+  const int64_t B = (R + kRows - 1) / kRows;
+  std::vector<double> part_g(static_cast<size_t>(B) * C, 0.0), part_b(static_cast<size_t>(B) * C, 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < B; ++blk) {
+    double* pg = part_g.data() + static_cast<size_t>(blk) * C;
+    double* pb = part_b.data() + static_cast<size_t>(blk) * C;
+    for (int64_t r = blk * kRows; r < std::min(R, (blk + 1) * kRows); ++r) {
       float mean, rstd;
       const float* xr = x + r * C;
       const float* dyr = dy + r * C;
       float* dxr = dx + r * C;
       moments(xr, C, eps, &mean, &rstd);
-      double sz = 0.0, szx = 0.0;
-#pragma omp simd reduction(+ : sz, szx)
+#pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
         const float xhat = (xr[c] - mean) * rstd;
-        const float dz = dyr[c] * gamma[c];
         pg[c] += dyr[c] * xhat;
         pb[c] += dyr[c];
-        sz += dz;
-        szx += dz * xhat;
       }
-      const float mz = static_cast<float>(sz / C), mzx = static_cast<float>(szx / C);
+      double sums[2];  // dz, dz*xhat
+      lane_sums<2>(C, [=](int64_t c, double* t) {
+        const float xhat = (xr[c] - mean) * rstd;
+        const float dz = dyr[c] * gamma[c];
+        t[0] = dz;
+        t[1] = dz * xhat;
+      }, sums);
+      const float mz = static_cast<float>(sums[0] / C), mzx = static_cast<float>(sums[1] / C);
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
         const float xhat = (xr[c] - mean) * rstd;
@@ -290,9 +307,9 @@ extern "C" int layer_norm_bwd(int nparam, void** params, int* ndims, int64_t** s
   }
   for (int64_t c = 0; c < C; ++c) {
     double sg = 0.0, sb = 0.0;
-    for (int t = 0; t < T; ++t) {
-      sg += part_g[static_cast<size_t>(t) * C + c];
-      sb += part_b[static_cast<size_t>(t) * C + c];
+    for (int64_t blk = 0; blk < B; ++blk) {
+      sg += part_g[static_cast<size_t>(blk) * C + c];
+      sb += part_b[static_cast<size_t>(blk) * C + c];
     }
     dgamma[c] = static_cast<float>(sg);
     dbeta[c] = static_cast<float>(sb);

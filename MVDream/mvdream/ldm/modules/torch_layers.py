@@ -21,6 +21,10 @@ from mindspore.common.initializer import Uniform, Normal, initializer
 from ...kernels.norm_act import cpu_kernels
 
 
+# Fewest rows a CPU Linear multiplies (see Linear.min_rows).
+MIN_ROWS = 64
+
+
 def _uniform_fan_in(shape, fan_in):
     # PyTorch's default init for Linear/Conv weights and biases:
     # kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -44,12 +48,22 @@ class Linear(nn.Cell):
         self.bias = Parameter(_uniform_fan_in((out_features,), in_features), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
+        # MindSpore's CPU MatMul takes another kernel below ~32 rows, whose sums round
+        # differently: padding to MIN_ROWS keeps a sample's output the same alone or in a batch
+        # (data-parallel ranks, half batches, reproduce one process).
+        self.min_rows = MIN_ROWS if ms.get_context("device_target") == "CPU" else 0
 
     def construct(self, x):
         shape = x.shape
         # contiguous(): reshaping a non-contiguous view (transpose, chunk, broadcast)
         # corrupts the heap on MindSpore 2.7.1 CPU with MS_DEV_HOST_BLOCKING_RUN=1.
-        y = self.matmul(x.contiguous().reshape(-1, shape[-1]), _as(self.weight, x.dtype))
+        x2 = x.contiguous().reshape(-1, shape[-1])
+        rows = x2.shape[0]
+        if rows < self.min_rows:
+            x2 = ops.pad(x2, (0, 0, 0, self.min_rows - rows))
+        y = self.matmul(x2, _as(self.weight, x.dtype))
+        if rows < self.min_rows:
+            y = y[:rows].contiguous()
         if self.bias is not None:
             y = self.bias_add(y, _as(self.bias, x.dtype))  # fused into one pass over y
         return y.reshape(shape[:-1] + (self.out_features,))
