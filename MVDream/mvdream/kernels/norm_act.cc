@@ -62,7 +62,8 @@ int64_t numel(int ndim, const int64_t* shape) {
   return n;
 }
 
-// sums[k] = sum over i in [0, n) of the k-th of the K terms term(i, t) writes to t, in double.
+// sums[k] = sum over i in [0, n) of the k-th of the K terms term(i, t, j) writes to t[k][j], in
+// double.
 // Lane j adds the terms of i = j (mod kLanes) in order and the lanes are combined pairwise:
 // a vectorised reduction (omp simd) would instead peel to the buffer's alignment, so the same
 // values at another address would round differently.
@@ -71,19 +72,19 @@ constexpr int kLanes = 8;
 template <int K, class Term>
 inline void lane_sums(int64_t n, Term term, double* sums) {
   double acc[K][kLanes] = {};
+  double t[K][kLanes];
   const int64_t body = n - n % kLanes;
   for (int64_t i = 0; i < body; i += kLanes) {
 #pragma omp simd
-    for (int j = 0; j < kLanes; ++j) {
-      double t[K];
-      term(i + j, t);
-      for (int k = 0; k < K; ++k) acc[k][j] += t[k];
+    for (int j = 0; j < kLanes; ++j) term(i + j, t, j);
+    for (int k = 0; k < K; ++k) {
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) acc[k][j] += t[k][j];
     }
   }
   for (int64_t i = body; i < n; ++i) {
-    double t[K];
-    term(i, t);
-    for (int k = 0; k < K; ++k) acc[k][i - body] += t[k];
+    term(i, t, 0);
+    for (int k = 0; k < K; ++k) acc[k][i - body] += t[k][0];
   }
   for (int k = 0; k < K; ++k) {
     const double* a = acc[k];
@@ -94,12 +95,12 @@ inline void lane_sums(int64_t n, Term term, double* sums) {
 // Mean and 1/sqrt(var + eps) of n contiguous values, accumulated in double.
 inline void moments(const float* x, int64_t n, double eps, float* mean, float* rstd) {
   double s;
-  lane_sums<1>(n, [x](int64_t i, double* t) { t[0] = x[i]; }, &s);
+  lane_sums<1>(n, [x](int64_t i, double (*t)[kLanes], int j) { t[0][j] = x[i]; }, &s);
   const double m = s / n;
   double v;
-  lane_sums<1>(n, [x, m](int64_t i, double* t) {
+  lane_sums<1>(n, [x, m](int64_t i, double (*t)[kLanes], int j) {
     const double d = x[i] - m;
-    t[0] = d * d;
+    t[0][j] = d * d;
   }, &v);
   *mean = static_cast<float>(m);
   *rstd = static_cast<float>(1.0 / std::sqrt(v / n + eps));
@@ -124,6 +125,32 @@ bool group_shape(int* ndims, int64_t** shapes, void** params, GroupShape* g) {
   g->Cg = g->C / g->G;
   return true;
 }
+
+// One element's terms of group_norm_bwd's channel sums (kSilu: a template argument, so the
+// lane loop has no branch and vectorises); writes dz = dL/d(normalised x) to dz[s].
+template <bool kSilu>
+struct GroupNormGradTerm {
+  const float* x;
+  const float* dy;
+  float* dz;
+  float mean, rstd, gamma, beta;
+
+  void operator()(int64_t s, double (*t)[kLanes], int j) const {
+    const float xhat = (x[s] - mean) * rstd;
+    float d = dy[s];
+    if (kSilu) {
+      const float v = xhat * gamma + beta;
+      const float sv = sigmoid(v);
+      d *= sv * (1.0f + v * (1.0f - sv));
+    }
+    const float z = d * gamma;
+    dz[s] = z;
+    t[0][j] = d * xhat;
+    t[1][j] = d;
+    t[2][j] = z;
+    t[3][j] = z * xhat;
+  }
+};
 
 }  // namespace
 
@@ -190,23 +217,12 @@ extern "C" int group_norm_bwd(int nparam, void** params, int* ndims, int64_t** s
       const float* xc = x + base + c * g.S;
       const float* dyc = dy + base + c * g.S;
       float* dzc = dxg + c * g.S;
-      const bool silu = g.silu;
       double sums[4];  // dy*xhat, dy, dz, dz*xhat (dy through SiLU)
-      lane_sums<4>(g.S, [=](int64_t s, double* t) {
-        const float xhat = (xc[s] - mean) * rstd;
-        float d = dyc[s];
-        if (silu) {
-          const float v = xhat * gm + bt;
-          const float sv = sigmoid(v);
-          d *= sv * (1.0f + v * (1.0f - sv));
-        }
-        const float dz = d * gm;
-        dzc[s] = dz;
-        t[0] = d * xhat;
-        t[1] = d;
-        t[2] = dz;
-        t[3] = dz * xhat;
-      }, sums);
+      if (g.silu) {
+        lane_sums<4>(g.S, GroupNormGradTerm<true>{xc, dyc, dzc, mean, rstd, gm, bt}, sums);
+      } else {
+        lane_sums<4>(g.S, GroupNormGradTerm<false>{xc, dyc, dzc, mean, rstd, gm, bt}, sums);
+      }
       part_g[n * g.C + c0 + c] = sums[0];
       part_b[n * g.C + c0 + c] = sums[1];
       sum_dz += sums[2];
@@ -271,7 +287,7 @@ extern "C" int layer_norm_bwd(int nparam, void** params, int* ndims, int64_t** s
   float* dbeta = static_cast<float*>(params[7]);
   // dgamma, dbeta: partial sums over fixed blocks of rows, added in block order (the same for
   // any thread count).
-  constexpr int64_t kRows = 64;
+  constexpr int64_t kRows = 16;
   const int64_t B = (R + kRows - 1) / kRows;
   std::vector<double> part_g(static_cast<size_t>(B) * C, 0.0), part_b(static_cast<size_t>(B) * C, 0.0);
 #pragma omp parallel for schedule(static)
@@ -291,11 +307,11 @@ extern "C" int layer_norm_bwd(int nparam, void** params, int* ndims, int64_t** s
         pb[c] += dyr[c];
       }
       double sums[2];  // dz, dz*xhat
-      lane_sums<2>(C, [=](int64_t c, double* t) {
+      lane_sums<2>(C, [=](int64_t c, double (*t)[kLanes], int j) {
         const float xhat = (xr[c] - mean) * rstd;
         const float dz = dyr[c] * gamma[c];
-        t[0] = dz;
-        t[1] = dz * xhat;
+        t[0][j] = dz;
+        t[1][j] = dz * xhat;
       }, sums);
       const float mz = static_cast<float>(sums[0] / C), mzx = static_cast<float>(sums[1] / C);
 #pragma omp simd
