@@ -72,26 +72,29 @@ class OracleUNet(nn.Cell):
 # ---------------------------------------------------------------------------- ground truth
 @dataclass
 class BoxSphereScene:
-    """A sphere (upper/lower hemisphere colours) and an axis-aligned box (one colour per face
-    axis), albedo only (the tiny config's ``no-material``)."""
+    """A sphere and an axis-aligned box, albedo only (the tiny config's ``no-material``).
+
+    Colours vary smoothly over each solid: the sphere's from its bottom colour to its top colour
+    along z, the box's from its min-corner colour to its max-corner colour (each side of the box
+    shows another part of the ramp). The only discontinuities are the silhouettes."""
 
     sphere_center: np.ndarray
     sphere_radius: float
-    sphere_colors: np.ndarray  # [2, 3]: z >= centre, z < centre
+    sphere_colors: np.ndarray  # [2, 3]: bottom, top
     box_center: np.ndarray
     box_half: np.ndarray  # [3]
-    box_colors: np.ndarray  # [3, 3]: faces normal to x, y, z
+    box_colors: np.ndarray  # [2, 3]: min corner, max corner
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> "BoxSphereScene":
-        """A scene of this family: the sphere and the box side by side, both well inside the
-        initial density blob (radius ~0.5; the occupancy grid never samples far outside it)."""
+    def random(cls, rng: np.random.Generator, scale: float = 1.0) -> "BoxSphereScene":
+        """A scene of this family: the sphere and the box side by side, both inside the initial
+        density blob (radius ~0.5; the occupancy grid never samples far outside it) for scale <= ~1.3."""
         side = rng.normal(size=3) * np.float64([1, 1, 0.3])
         side /= np.linalg.norm(side)
-        return cls(sphere_center=-0.2 * side + rng.uniform(-0.03, 0.03, 3), sphere_radius=rng.uniform(0.17, 0.22),
-                   sphere_colors=rng.uniform(0.1, 0.9, (2, 3)),
-                   box_center=0.2 * side + rng.uniform(-0.03, 0.03, 3), box_half=rng.uniform(0.1, 0.14, 3),
-                   box_colors=rng.uniform(0.1, 0.9, (3, 3)))
+        return cls(sphere_center=scale * (-0.2 * side + rng.uniform(-0.03, 0.03, 3)),
+                   sphere_radius=scale * rng.uniform(0.17, 0.22), sphere_colors=rng.uniform(0.1, 0.9, (2, 3)),
+                   box_center=scale * (0.2 * side + rng.uniform(-0.03, 0.03, 3)),
+                   box_half=scale * rng.uniform(0.1, 0.14, 3), box_colors=rng.uniform(0.1, 0.9, (2, 3)))
 
     def trace(self, rays_o, rays_d):
         """Exact first hit of rays [..., 3] (unit directions): (rgb [..., 3], hit [...])."""
@@ -110,14 +113,16 @@ class BoxSphereScene:
         t_min, t_max = np.minimum(t0, t1), np.maximum(t0, t1)
         t_near, t_far = t_min.max(-1), t_max.min(-1)
         t_box = np.where((t_near <= t_far) & (t_near > 0), t_near, np.inf)
-        face = t_min.argmax(-1)
 
-        upper = (o + d * t_sphere[..., None])[..., 2] >= self.sphere_center[2]
-        sphere_rgb = np.where(upper[..., None], self.sphere_colors[0], self.sphere_colors[1])
-        box_rgb = self.box_colors[face]
+        with np.errstate(invalid="ignore"):  # inf * 0 on missed rays, masked below
+            p_sphere, p_box = o + d * t_sphere[..., None], o + d * t_box[..., None]
+        u = np.clip((p_sphere[..., 2:] - self.sphere_center[2]) / (2 * self.sphere_radius) + 0.5, 0, 1)
+        sphere_rgb = (1 - u) * self.sphere_colors[0] + u * self.sphere_colors[1]
+        v = np.clip(((p_box - self.box_center) / (2 * self.box_half) + 0.5).mean(-1, keepdims=True), 0, 1)
+        box_rgb = (1 - v) * self.box_colors[0] + v * self.box_colors[1]
         rgb = np.where((t_sphere <= t_box)[..., None], sphere_rgb, box_rgb)
         hit = np.isfinite(np.minimum(t_sphere, t_box))
-        return np.where(hit[..., None], rgb, 0.0), hit
+        return np.where(hit[..., None], np.nan_to_num(rgb), 0.0), hit
 
     def surface_points(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """~n points [N, 3] uniform on the surface of the union (parts inside the other solid dropped)."""

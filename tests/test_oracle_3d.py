@@ -1,7 +1,7 @@
 """The x0-SDS loop, run as a user runs it, builds the 3D object its (oracle) teacher has in mind.
 
 The real weights cannot run here, so the UNet is replaced by an oracle teacher that knows a
-ground-truth scene (``oracle_teacher.BoxSphereScene``: a sphere and a box, per-face colours,
+ground-truth scene (``oracle_teacher.BoxSphereScene``: a sphere and a box, smooth colour ramps,
 ray-traced exactly in NumPy). For every batch the data module draws, the teacher renders the
 scene from the batch's own cameras, encodes it with the guidance's VAE and makes the UNet predict
 the noise whose x0 is those latents (both CFG halves). With this perfect, multiview-consistent
@@ -21,27 +21,66 @@ Scored on 8 held-out cameras (azimuths between the training ones' spread, elevat
 (the mesh-exporter, the geometry's isosurface settings) to the scene's surface.
 A negative control gives each view the target of a different random scene of the same family.
 
-Measured (150 steps, 2 shared cores; wall time 22-26 min per run under a load average of
-~60, CPU ~1.2 s a step): seed 0 held-out latent 3.935 -> 2.462 (-37%), PSNR 12.4 -> 20.2 dB,
-latent-cell PSNR 12.8 -> 22.3 dB, Chamfer 0.307 -> 0.098; seed 1 latent 4.135 -> 1.836 (-56%),
-PSNR 12.3 -> 20.3 dB, latent-cell PSNR 12.9 -> 23.2 dB, Chamfer 0.304 -> 0.128; negative control
-(seed 0): latent -5%, PSNR 13.7 dB, latent-cell PSNR 14.4 dB, Chamfer 0.129 (the mean of random
-scenes is a blob of the same size: Chamfer alone does not tell them apart; the latents do).
-The issue's target (held-out latent distance -80%) is NOT reached: the
-reduction flattens after ~100 steps (seed 0: -31% at 50, -33% at 100, -37% at 150). Object-pixel
-PSNR stays 11-14 dB: the random VAE sees 4 numbers per 12 pixel values, so patterns inside a
-latent cell are barely constrained; the latent-cell means are the proxy that the loss does see.
+Measured (200 steps, ``ORACLE_SEEDS=0,1,2 pytest -s tests/test_oracle_3d.py``, 2 cores shared
+with other jobs at a load average of 11-14, niced; 260-315 s a run there, ~1.3-1.5 s a step;
+at low load, scaled from the 150-step runs' 61 s and 80 s: ~80 s and ~105 s, estimated):
+  seed 0: latent 3.695 -> 1.011 (-72.7%), PSNR 13.3 -> 27.7 dB, latent-cell PSNR 13.9 -> 34.3 dB,
+          Chamfer 0.239 -> 0.023
+  seed 1: latent 3.867 -> 1.005 (-74.0%), PSNR 13.3 -> 26.9 dB, latent-cell PSNR 13.9 -> 33.8 dB,
+          Chamfer 0.234 -> 0.041
+  seed 2: latent 4.953 -> 1.767 (-64.3%), PSNR 13.1 -> 24.6 dB, latent-cell PSNR 13.8 -> 30.5 dB,
+          Chamfer 0.244 -> 0.022
+  mean +- sample std (seeds 0-2): latent -70.3 +- 5.3%, PSNR 26.4 +- 1.6 dB, latent-cell PSNR
+          32.8 +- 2.0 dB, Chamfer 0.029 +- 0.011
+  negative control (seed 0): latent 3.695 -> 3.508 (-5.1%), PSNR 14.3 dB, latent-cell PSNR
+          15.0 dB, Chamfer 0.113 (0.47 of its start: the mean of random scenes is a blob of the
+          same size; the latents tell them apart)
+  pytest's total for the four: 1172 s at that load. The suite's pair (seed 0, control), rerun:
+  the same figures to the last digit, 125 s (load 5) and 219 s (load 10); 344 s in all.
+The issue's target (held-out latent distance -80%) is NOT reached (-64..-74%). The test asserts
+what holds on every seed with margin, and fails on the control: latent <= 0.5 of its start
+(seeds 0.26-0.36, control 0.95), latent-cell PSNR >= 24 dB (30.5-34.3 dB, control 15.0 dB),
+Chamfer <= 0.25 of its start (0.09-0.17).
+
+Why it flattens (seed 0, measured every 25-50 steps with ``tests/oracle_plateau.py``):
+  * not haze: the learned field's mean opacity over the scene's background pixels falls from 0.29
+    to 0.016 at 150 steps and 0.007 at 250; the object's own opacity dips (1 - opacity inside the
+    scene's mask 0.12 -> 0.31 at step 50, the initial blob shrinking) and recovers (0.10 at 150,
+    0.03 at 250);
+  * the residual sits at the edges: with the pixels of a 2-pixel band around the ground truth's
+    edges (17% of the pixels) replaced by the ground truth's, the latent distance at 250 steps
+    drops from 1.03 to 0.44 (old per-face scene, RGB fit below: 1.24 -> 0.31);
+  * the metric punishes blur hard (``--blur``): held-out images traced with 4x4 rays a 64x64
+    pixel, blurred by a Gaussian of 0.5 / 0.75 / 1.0 pixel, are at latent distance 0.26 / 0.62 /
+    0.92 from the unblurred ones, i.e. 7% / 17% / 25% of the initial 3.70; the same images traced
+    with one ray a pixel (as the test's ground truth is) are at 0.63 (17%). -80% leaves room for less than a ~0.8-pixel blur of the held-out views (0.4 pixel of a
+    32x32 training render), to be learned from 16x16 and 32x32 renders in STEPS steps;
+  * not SDS alone: the same system fitted with direct RGB supervision on the same cameras
+    (``--mode rgb``: loss on the render instead of through the VAE) reaches -68% at 150 steps
+    where x0-SDS reaches -53% in the same harness (old per-face scene, seed 0; the previous
+    version's own test run of that seed measured -37%); a 2^17 hash table instead of 2^12 moves
+    the RGB fit from -68% to -70%: not the table's capacity;
+  * with a constant learning rate (``system.scheduler`` is not ported) the reduction slows:
+    seed 0, this scene: -20% at 50, -40% at 100, -62% at 150, -70% at 200, -72% at 250 steps.
+  The previous scene (one colour per box face and sphere hemisphere, 1.0x the size) stopped at
+  -37..-56% at 150 steps. At 1.0x, smooth colours alone gave -44% at 150 (seed 0; per-face -53% in
+  the same harness, within the run-to-run spread); smooth colours at 1.3x gave -62%: the size is
+  what measurably helped (less silhouette per covered pixel). Per-face colours at 1.3x were not
+  measured.
 
 Set-up choices:
+  * the scene's colours vary smoothly over each solid and the scene is 1.3x the family's base size
+    (solids up to ~0.6 from the centre, the rim of the initial density blob; the final Chamfer
+    shows the field reaches them): the measured residual is edge blur, so fewer edges per
+    covered pixel; views still differ (each side shows another part of the colour ramps), and
+    the negative control shows the latents tell scenes of this family apart;
+  * STEPS = 200 (150 before): seed 0 gains 8 points from 150 to 200 and 2 from 200 to 250;
   * MVDream's random background colour (half the batches, one colour per batch) is drawn by the
     teacher's data wrapper and passed as the batch's ``bg_color`` (``system.background.random_aug``
     off), so the teacher composites the scene over the very background of the training render;
     otherwise the teacher composites over the system's learned environment map;
   * the teacher casts one ray through each pixel centre, as the renderer does, so the scene
     itself is an exact solution; the metric averages 2x2 rays a pixel on both sides alike;
-  * the scene lies inside the initial density blob (radius ~0.5): the occupancy grid and the
-    alpha threshold never sample far outside it, so density cannot grow there (true of real
-    runs too);
   * the tiny VAE's posterior is sharpened (``sharpen_vae_posterior``) to a trained VAE's regime;
   * the camera closer than the tiny config's (relative distance 0.55-0.7 instead of 0.8-1.0): at
     16x16 and 32x32 the object would be a few pixels wide, mostly aliased silhouette;
@@ -63,7 +102,10 @@ from threestudio.data.uncond import make_camera_batch
 from test_mesh_export import extract
 from threestudio.utils.ops import get_ray_directions, spherical_to_cartesian
 
-STEPS, MILESTONE = 150, 40
+STEPS, MILESTONE = 200, 40
+SCENE_SCALE = 1.3  # the scene family's size (see the module doc)
+# pass marks, from the measured seeds and the negative control (module doc)
+LATENT_RATIO, CELL_PSNR = 0.5, 24.0
 LOW, HIGH, IMAGE = 16, 32, 32  # renders 16x16 (upsampled to the guidance's 32x32), then 32x32
 # relative camera distance (the tiny config's [0.8, 1.0] leaves the object ~8 pixels wide at 16x16)
 DISTANCE = (0.55, 0.7)
@@ -82,6 +124,8 @@ OVERRIDES = [
 ]
 WHITE = np.float32([1, 1, 1])
 N_HELD_OUT = 8
+# seed 0 in the suite (CI time); ORACLE_SEEDS=0,1,2 runs the other measured seeds by hand
+SEEDS = [int(x) for x in os.environ.get("ORACLE_SEEDS", "0").split(",")]
 
 
 def held_out_batch(size=2 * HIGH):
@@ -139,11 +183,11 @@ def train_with_teacher(trial_dir, seed: int, consistent: bool = True) -> dict:
     guidance = system.guidance
     sharpen_vae_posterior(guidance.model)
     rng = np.random.default_rng(seed + 1000)
-    scene = BoxSphereScene.random(rng)
+    scene = BoxSphereScene.random(rng, SCENE_SCALE)
     if consistent:
         scenes_for = lambda n, r: [scene] * n  # noqa: E731
     else:  # negative control: every view its own scene
-        scenes_for = lambda n, r: [BoxSphereScene.random(r) for _ in range(n)]  # noqa: E731
+        scenes_for = lambda n, r: [BoxSphereScene.random(r, SCENE_SCALE) for _ in range(n)]  # noqa: E731
     oracle = OracleUNet(guidance.model, guidance.cfg.n_view)
     guidance.model.model.diffusion_model = oracle
     dm.train_dataset = TeacherDataset(dm.train_dataset, SceneTeacher(guidance, scenes_for, rng), oracle,
@@ -170,15 +214,17 @@ def train_with_teacher(trial_dir, seed: int, consistent: bool = True) -> dict:
 
 def report(name, r):
     s, e = r["start"], r["end"]
+    load = os.getloadavg()[0]
     print(f"{name}: held-out latent {s['latent']:.3f} -> {e['latent']:.3f} "
           f"({100 * (1 - e['latent'] / s['latent']):.1f}% reduction), PSNR {s['psnr']:.2f} -> {e['psnr']:.2f} dB "
           f"(object pixels {s['object_psnr']:.2f} -> {e['object_psnr']:.2f} dB, latent-cell means "
           f"{s['cell_psnr']:.2f} -> {e['cell_psnr']:.2f} dB), "
-          f"Chamfer {s['chamfer']:.4f} -> {e['chamfer']:.4f}; {STEPS} steps, {r['seconds']:.0f} s", flush=True)
+          f"Chamfer {s['chamfer']:.4f} -> {e['chamfer']:.4f}; {STEPS} steps, {r['seconds']:.0f} s, "
+          f"load {load:.1f}", flush=True)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0])  # seed 1 measured by hand (closing note); CI time
+@pytest.mark.parametrize("seed", SEEDS)
 def test_x0_sds_with_oracle_teacher_builds_its_object(tmp_path, seed):
     r = train_with_teacher(tmp_path, seed)
     report(f"seed {seed}", r)
@@ -191,11 +237,11 @@ def test_x0_sds_with_oracle_teacher_builds_its_object(tmp_path, seed):
     assert (float(last["train/min_step"]), float(last["train/max_step"])) == (20, 500)
     assert all(float(x["train/min_step"]) <= float(x["train/timestep"]) <= float(x["train/max_step"]) for x in r["log"])
     s, e = r["start"], r["end"]
-    # measured (150 steps, seeds 0/1): latent 0.63/0.44 of its start, latent-cell PSNR 22.3/23.2 dB,
-    # Chamfer 0.32/0.42 of its start; the negative control: 0.95, 14.4 dB (see the module doc)
-    assert e["latent"] <= 0.75 * s["latent"]
-    assert e["cell_psnr"] >= 19.0
-    assert e["chamfer"] <= 0.5 * s["chamfer"]
+    # measured (seeds 0/1/2): latent 0.27/0.26/0.36 of its start, latent-cell PSNR 34.3/33.8/30.5 dB,
+    # Chamfer 0.10/0.17/0.09 of its start; the negative control: 0.95, 15.0 dB (see the module doc)
+    assert e["latent"] <= LATENT_RATIO * s["latent"]
+    assert e["cell_psnr"] >= CELL_PSNR
+    assert e["chamfer"] <= 0.25 * s["chamfer"]
 
 
 @pytest.mark.slow
@@ -205,5 +251,5 @@ def test_inconsistent_teacher_does_not_build_an_object(tmp_path):
     report("negative control", r)
     assert r["calls"] == STEPS
     s, e = r["start"], r["end"]
-    assert e["latent"] > 0.75 * s["latent"]
-    assert e["cell_psnr"] < 19.0
+    assert e["latent"] > LATENT_RATIO * s["latent"]
+    assert e["cell_psnr"] < CELL_PSNR

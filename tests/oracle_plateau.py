@@ -1,0 +1,128 @@
+"""By-hand diagnosis of the oracle test's plateau (figures in test_oracle_3d's module doc).
+
+    MS_DEV_HOST_BLOCKING_RUN=1 python tests/oracle_plateau.py --seed 0 --steps 250 --every 50
+    ... --mode rgb      the same system fitted by direct RGB supervision (no VAE, no SDS)
+    ... --blur          only the metric's sensitivity: held-out latent distance of blurred ground truth
+
+Prints, every ``--every`` steps, the held-out scores of test_oracle_3d plus: mean opacity over
+the scene's background pixels (haze), 1 - opacity inside the scene's mask (hole), and the latent
+distance with background / object / edge-band pixels replaced by the ground truth's.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "MVDream"), str(REPO / "MVDream-threestudio"), str(REPO / "tests")]
+
+from mvdream.runtime import setup_runtime  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--every", type=int, default=25)
+    p.add_argument("--mode", choices=("sds", "rgb"), default="sds")
+    p.add_argument("--scale", type=float, default=None, help="scene size (default: the test's)")
+    p.add_argument("--blur", action="store_true")
+    p.add_argument("--trial-dir", default="outputs/oracle_plateau")
+    a = p.parse_args()
+    setup_runtime("CPU")
+
+    import numpy as np
+    from mindspore import Tensor
+    from scipy.ndimage import gaussian_filter
+
+    import test_oracle_3d as T
+    from launch_helpers import build_tiny
+    from oracle_teacher import (BoxSphereScene, OracleUNet, SceneTeacher, TeacherDataset, encode_mean,
+                                render_scene, render_views, sharpen_vae_posterior)
+
+    t0 = time.time()
+    scale = T.SCENE_SCALE if a.scale is None else a.scale
+    _, dm, system, trainer = build_tiny(a.trial_dir, T.OVERRIDES + [f"seed={a.seed}", f"trainer.max_steps={a.steps}"])
+    guidance = system.guidance
+    sharpen_vae_posterior(guidance.model)
+    rng = np.random.default_rng(a.seed + 1000)
+    scene = BoxSphereScene.random(rng, scale)
+    batch = T.held_out_batch()
+    white = np.tile(T.WHITE, (T.N_HELD_OUT, 1))
+    gt = render_views([scene] * T.N_HELD_OUT, batch, white)
+    model, size = guidance.model, guidance.cfg.image_size
+    gt_latent = encode_mean(model, gt, size).asnumpy()
+
+    def latent(images):
+        return float(np.linalg.norm(encode_mean(model, images, size).asnumpy() - gt_latent))
+
+    if a.blur:
+        exact = render_views([scene] * T.N_HELD_OUT, batch, white, supersample=4)
+        gt_latent = encode_mean(model, exact, size).asnumpy()
+        print("white image", round(latent(np.ones_like(exact)), 4))
+        print("one ray a pixel", round(latent(gt), 4))
+        for sigma in (0.25, 0.5, 0.75, 1.0):
+            blurred = gaussian_filter(exact, (0, sigma, sigma, 0))
+            print(f"gaussian blur {sigma} px", round(latent(blurred), 4))
+        return
+
+    oracle = OracleUNet(guidance.model, guidance.cfg.n_view)
+    guidance.model.model.diffusion_model = oracle
+    teacher = SceneTeacher(guidance, lambda n, r: [scene] * n, rng)
+    if a.mode == "rgb":  # the guidance replaced by an RGB regression onto the teacher's images
+        images = {}
+
+        def rgb_latents(b, background):
+            images["gt"] = Tensor(render_views([scene] * b["c2w"].shape[0], b, background))
+            return encode_mean(model, images["gt"], size)
+
+        def rgb_loss(rgb, prompt_utils, **kwargs):
+            oracle.calls += 1
+            d = rgb - images["gt"]
+            return {"loss_sds": 0.5 * (d * d).sum() / rgb.shape[0]}
+
+        teacher.latents, guidance.construct = rgb_latents, rgb_loss
+    dm.train_dataset = TeacherDataset(dm.train_dataset, teacher, oracle, system.background, rng)
+    mask = np.stack([render_scene(scene, batch["c2w"].asnumpy()[i], batch["fovy"].asnumpy()[i], 64, 64, 1)[1]
+                     for i in range(T.N_HELD_OUT)]) > 0.5
+    edge = np.zeros(gt.shape[:3], bool)  # pixels next to a jump in the ground truth, dilated by one
+    for axis in (1, 2):
+        jump = np.abs(np.diff(gt, axis=axis)).max(-1) > 0.02
+        edge |= np.pad(jump, [(0, 1) if i == axis else (0, 0) for i in range(3)])
+        edge |= np.pad(jump, [(1, 0) if i == axis else (0, 0) for i in range(3)])
+    band = edge.copy()
+    for axis in (1, 2):
+        band |= np.roll(edge, 1, axis) | np.roll(edge, -1, axis)
+
+    def scores(tag):
+        system.set_train(False)
+        out = system.renderer(**batch, bg_color=Tensor(white))
+        system.set_train(True)
+        pred, opacity = out["comp_rgb"].asnumpy(), out["opacity"].asnumpy()[..., 0]
+        r = {"tag": tag, "latent": latent(pred), "psnr": T.psnr(pred, gt), "haze": float(opacity[~mask].mean()),
+             "hole": float(1 - opacity[mask].mean()),
+             "latent_bg_fixed": latent(np.where(mask[..., None], pred, gt)),
+             "latent_object_fixed": latent(np.where(mask[..., None], gt, pred)),
+             "latent_edges_fixed": latent(np.where(band[..., None], gt, pred)), "edge_fraction": float(band.mean()),
+             "seconds": round(time.time() - t0)}
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+        return r
+
+    init = system.state_arrays()
+    system.set_train(True)
+    system.do_update_step(0, 0)
+    start = scores("start")
+    system.load_state_arrays(init)
+    system.set_train(True)
+    step = 0
+    while step < a.steps:
+        stop = min(step + a.every, a.steps)
+        trainer.fit(system, dm, step, stop)
+        step = stop
+        print(f"  step {step}: latent {scores(f'step {step}')['latent'] / start['latent']:.3f} of its start",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
