@@ -6,7 +6,9 @@
 
 Prints, every ``--every`` steps, the held-out scores of test_oracle_3d plus: mean opacity over
 the scene's background pixels (haze), 1 - opacity inside the scene's mask (hole), and the latent
-distance with background / object / edge-band pixels replaced by the ground truth's.
+distance with background / object / edge-band pixels replaced by the ground truth's; and the
+latent distance with the held-out views rendered at 32x32, one ray through each pixel centre on
+both sides (the training renders' sampling; ``_32px``), also with its edge band replaced.
 """
 import argparse
 import json
@@ -54,17 +56,28 @@ def main():
     model, size = guidance.model, guidance.cfg.image_size
     gt_latent = encode_mean(model, gt, size).asnumpy()
 
-    def latent(images):
-        return float(np.linalg.norm(encode_mean(model, images, size).asnumpy() - gt_latent))
+    def latent(images, reference=gt_latent):
+        return float(np.linalg.norm(encode_mean(model, images, size).asnumpy() - reference))
+
+    # the held-out cameras at the training renders' 32x32, one ray through each pixel centre (no 2x2 average)
+    batch32 = T.held_out_batch(T.HIGH)
+    gt32 = render_views([scene] * T.N_HELD_OUT, batch32, white)
+    gt32_latent = encode_mean(model, gt32, size).asnumpy()
 
     if a.blur:
         exact = render_views([scene] * T.N_HELD_OUT, batch, white, supersample=4)
         gt_latent = encode_mean(model, exact, size).asnumpy()
-        print("white image", round(latent(np.ones_like(exact)), 4))
-        print("one ray a pixel", round(latent(gt), 4))
+        print("white image", round(latent(np.ones_like(exact), gt_latent), 4))
+        print("one ray a pixel", round(latent(gt, gt_latent), 4))
         for sigma in (0.25, 0.5, 0.75, 1.0):
             blurred = gaussian_filter(exact, (0, sigma, sigma, 0))
-            print(f"gaussian blur {sigma} px", round(latent(blurred), 4))
+            print(f"gaussian blur {sigma} px", round(latent(blurred, gt_latent), 4))
+        exact32 = render_views([scene] * T.N_HELD_OUT, batch32, white, supersample=4)
+        print("32x32: white image", round(latent(np.ones_like(gt32), gt32_latent), 4),
+              "| 4x4 rays a pixel vs one ray a pixel", round(latent(exact32, gt32_latent), 4))
+        for sigma in (0.25, 0.5):
+            print(f"32x32: gaussian blur {sigma} px of one ray a pixel",
+                  round(latent(gaussian_filter(gt32, (0, sigma, sigma, 0)), gt32_latent), 4))
         return
 
     oracle = OracleUNet(guidance.model, guidance.cfg.n_view)
@@ -86,18 +99,24 @@ def main():
     dm.train_dataset = TeacherDataset(dm.train_dataset, teacher, oracle, system.background, rng)
     mask = np.stack([render_scene(scene, batch["c2w"].asnumpy()[i], batch["fovy"].asnumpy()[i], 64, 64, 1)[1]
                      for i in range(T.N_HELD_OUT)]) > 0.5
-    edge = np.zeros(gt.shape[:3], bool)  # pixels next to a jump in the ground truth, dilated by one
-    for axis in (1, 2):
-        jump = np.abs(np.diff(gt, axis=axis)).max(-1) > 0.02
-        edge |= np.pad(jump, [(0, 1) if i == axis else (0, 0) for i in range(3)])
-        edge |= np.pad(jump, [(1, 0) if i == axis else (0, 0) for i in range(3)])
-    band = edge.copy()
-    for axis in (1, 2):
-        band |= np.roll(edge, 1, axis) | np.roll(edge, -1, axis)
+
+    def edge_band(images):  # pixels next to a jump in the ground truth, dilated by one
+        edge = np.zeros(images.shape[:3], bool)
+        for axis in (1, 2):
+            jump = np.abs(np.diff(images, axis=axis)).max(-1) > 0.02
+            edge |= np.pad(jump, [(0, 1) if i == axis else (0, 0) for i in range(3)])
+            edge |= np.pad(jump, [(1, 0) if i == axis else (0, 0) for i in range(3)])
+        band = edge.copy()
+        for axis in (1, 2):
+            band |= np.roll(edge, 1, axis) | np.roll(edge, -1, axis)
+        return band
+
+    band, band32 = edge_band(gt), edge_band(gt32)
 
     def scores(tag):
         system.set_train(False)
         out = system.renderer(**batch, bg_color=Tensor(white))
+        pred32 = system.renderer(**batch32, bg_color=Tensor(white))["comp_rgb"].asnumpy()
         system.set_train(True)
         pred, opacity = out["comp_rgb"].asnumpy(), out["opacity"].asnumpy()[..., 0]
         r = {"tag": tag, "latent": latent(pred), "psnr": T.psnr(pred, gt), "haze": float(opacity[~mask].mean()),
@@ -105,6 +124,9 @@ def main():
              "latent_bg_fixed": latent(np.where(mask[..., None], pred, gt)),
              "latent_object_fixed": latent(np.where(mask[..., None], gt, pred)),
              "latent_edges_fixed": latent(np.where(band[..., None], gt, pred)), "edge_fraction": float(band.mean()),
+             "latent_32px": latent(pred32, gt32_latent),
+             "latent_32px_edges_fixed": latent(np.where(band32[..., None], gt32, pred32), gt32_latent),
+             "edge_fraction_32px": float(band32.mean()),
              "seconds": round(time.time() - t0)}
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
         return r
