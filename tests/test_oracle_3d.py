@@ -58,9 +58,9 @@ Why it flattens (seed 0, measured every 25-50 steps with ``tests/oracle_plateau.
   * scoring at the training renders' own sampling is harder, not fairer to the field: the held-out
     cameras rendered at 32x32 with one ray through each pixel centre, learned field and ground
     truth alike (no 2x2 average; ``oracle_plateau.py``'s ``latent_32px``), seed 0: latent
-    3.743 -> 1.437 (-61.6%) at 200 steps and 1.392 (-62.8%) at 250 (scored at 200, then trained on), where this metric gives
-    -72.7% and -72.7% in the same run. With one ray a pixel the ground truth's edges are
-    aliased steps: at 32x32 its own 4x4-ray images are at 1.30 from them (35% of 3.74) and a
+    3.743 -> 1.437 (-61.6%) at 200 steps and 1.392 (-62.8%) at 250 (scored at 200, then trained
+    on), where this metric gives -72.7% and -72.7% in the same run. With one ray a pixel the
+    ground truth's edges are aliased steps: at 32x32 its own 4x4-ray images are at 1.30 from them (35% of 3.74) and a
     0.5-pixel blur at 0.85 (23%), so -80% there (0.75) leaves less than a 0.5-pixel blur; the residual is still
     at the edges (2-pixel band, 31% of the 32x32 pixels, replaced by the ground truth's: 1.50 ->
     0.34 at 200 steps, in a run also scored at 100 steps, which shifts the trajectory: 1.093 on
