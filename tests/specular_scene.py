@@ -21,10 +21,10 @@ SPHERES = (  # (centre, radius, albedo)
     (np.array([-0.15, 0.22, 0.05]), 0.22, np.array([0.15, 0.32, 0.78])),
 )
 LIGHT_DIR = np.array([1.0, 0.5, 1.2]) / np.linalg.norm([1.0, 0.5, 1.2])
-AMBIENT, DIFFUSE, SHININESS = 0.35, 0.65, 8.0
-SPECULAR = {"specular": 0.5, "lambertian": 0.0}  # ks of the two scenes
+AMBIENT, DIFFUSE, SHININESS = 0.35, 0.65, 6.0
+SPECULAR = {"specular": 0.8, "lambertian": 0.0}  # ks of the two scenes
 
-TRAIN_VIEWS = ([0, 30] * 6, np.arange(12) * 30.0)  # (elevations, azimuths) in degrees
+TRAIN_VIEWS = ([0, 30] * 8, np.arange(16) * 22.5)  # (elevations, azimuths) in degrees
 TEST_VIEWS = ([15, 10, 20, 5, 25, 12], np.arange(6) * 60.0 + 15.0)
 
 SH4 = {"otype": "SphericalHarmonics", "degree": 4}
