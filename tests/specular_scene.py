@@ -7,7 +7,7 @@ control is the same scene with ks = 0 (fixed lighting: view-independent, so the 
 can fit it exactly).
 
 Fits: the real training pieces of ``test_photometric_fit`` (hash-grid implicit-volume,
-occupancy-grid nerf-volume-renderer, the system's AdamW with MVDream's learning rates) on 12
+occupancy-grid nerf-volume-renderer, the system's AdamW with MVDream's learning rates) on 16
 views, scored on 6 held-out views, in three variants: xyz-only features (the original),
 ``dir_encoding_config`` (view directions into the feature network) and
 ``neural-radiance-material``.
@@ -61,7 +61,7 @@ def render_spheres(rays_o, rays_d, ks):
     return np.concatenate([rgb, hit[..., None]], -1)
 
 
-def fit_variant(scene_name: str, variant: str, seed: int = 0, steps: int = 200, rays: int = 2048,
+def fit_variant(scene_name: str, variant: str, seed: int = 0, steps: int = 400, rays: int = 1024,
                 samples_per_ray: int = 128, log_every: int = 0):
     """fit_and_evaluate of one variant on one scene ("specular" or "lambertian")."""
     geometry, material_type, material, optimizer_groups = VARIANTS[variant]
