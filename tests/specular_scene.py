@@ -7,7 +7,7 @@ control is the same scene with ks = 0 (fixed lighting: view-independent, so the 
 can fit it exactly).
 
 Fits: the real training pieces of ``test_photometric_fit`` (hash-grid implicit-volume,
-occupancy-grid nerf-volume-renderer, the system's AdamW with MVDream's learning rates) on 12
+occupancy-grid nerf-volume-renderer, the system's AdamW with MVDream's learning rates) on 16
 views, scored on 6 held-out views, in three variants: xyz-only features (the original),
 ``dir_encoding_config`` (view directions into the feature network) and
 ``neural-radiance-material``.
@@ -21,10 +21,10 @@ SPHERES = (  # (centre, radius, albedo)
     (np.array([-0.15, 0.22, 0.05]), 0.22, np.array([0.15, 0.32, 0.78])),
 )
 LIGHT_DIR = np.array([1.0, 0.5, 1.2]) / np.linalg.norm([1.0, 0.5, 1.2])
-AMBIENT, DIFFUSE, SHININESS = 0.35, 0.65, 8.0
-SPECULAR = {"specular": 0.5, "lambertian": 0.0}  # ks of the two scenes
+AMBIENT, DIFFUSE, SHININESS = 0.35, 0.65, 6.0
+SPECULAR = {"specular": 0.8, "lambertian": 0.0}  # ks of the two scenes
 
-TRAIN_VIEWS = ([0, 30] * 6, np.arange(12) * 30.0)  # (elevations, azimuths) in degrees
+TRAIN_VIEWS = ([0, 30] * 8, np.arange(16) * 22.5)  # (elevations, azimuths) in degrees
 TEST_VIEWS = ([15, 10, 20, 5, 25, 12], np.arange(6) * 60.0 + 15.0)
 
 SH4 = {"otype": "SphericalHarmonics", "degree": 4}
@@ -61,7 +61,7 @@ def render_spheres(rays_o, rays_d, ks):
     return np.concatenate([rgb, hit[..., None]], -1)
 
 
-def fit_variant(scene_name: str, variant: str, seed: int = 0, steps: int = 200, rays: int = 2048,
+def fit_variant(scene_name: str, variant: str, seed: int = 0, steps: int = 400, rays: int = 1024,
                 samples_per_ray: int = 128, log_every: int = 0):
     """fit_and_evaluate of one variant on one scene ("specular" or "lambertian")."""
     geometry, material_type, material, optimizer_groups = VARIANTS[variant]

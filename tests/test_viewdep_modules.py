@@ -99,3 +99,19 @@ def test_viewdep_config_is_the_original_with_the_option_on():
     assert viewdep.name != base.name
     viewdep.name = base.name
     assert viewdep == base
+
+
+def test_tcnn_mlp_otypes_are_initialised_as_tcnn():
+    """FullyFusedMLP / CutlassMLP (neural-radiance-material's default) draw U(+-sqrt(6 / (fan_in +
+    fan_out))) over tcnn's widths padded to 16; VanillaMLP keeps torch.nn.Linear's U(+-1/sqrt(in))."""
+    from threestudio.models.networks import get_mlp
+
+    net = {"activation": "ReLU", "n_neurons": 16, "n_hidden_layers": 2}
+    for otype in ("FullyFusedMLP", "CutlassMLP"):
+        weights = [p.asnumpy() for _, p in get_mlp(24, 3, {"otype": otype, **net}).parameters_and_names()]
+        assert [w.shape for w in weights] == [(16, 24), (16, 16), (3, 16)]
+        for w, bound in zip(weights, (np.sqrt(6 / (32 + 16)), np.sqrt(6 / 32), np.sqrt(6 / 32))):
+            assert np.abs(w).max() <= bound and np.abs(w).max() > 0.8 * bound
+    weights = [p.asnumpy() for _, p in get_mlp(24, 3, {"otype": "VanillaMLP", **net}).parameters_and_names()]
+    for w, bound in zip(weights, (1 / np.sqrt(24), 0.25, 0.25)):
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.8 * bound

@@ -1,7 +1,7 @@
 """Ablation of view-dependent colour (issue 15): held-out PSNR of three NeRF variants on a
 specular scene and its Lambertian control, mean +- std over seeds, and seconds per step.
 
-    python tools/ablate_viewdep.py [--seeds 0,1,2] [--steps 200] [--rays 2048] [--spp 128] [--jobs 1]
+    python tools/ablate_viewdep.py [--seeds 0,1,2] [--steps 400] [--rays 1024] [--spp 128] [--jobs 1]
     python tools/ablate_viewdep.py --table run1.log run2.log   # table of earlier runs' result lines
     python tools/ablate_viewdep.py --cost [--rounds 2]   # render step cost on the real config
 
@@ -9,7 +9,7 @@ Variants (tests/specular_scene.py): ``xyz-only`` (the original implicit-volume +
 ``dir-encoding`` (implicit-volume ``dir_encoding_config``: SH degree 4 into the feature network),
 ``neural-radiance-material`` (8 features + SH degree 4 through threestudio's material MLP).
 Ground truth: two Blinn-Phong spheres ray-traced in float64 (``specular``) and the same with
-no highlight (``lambertian``); 12 training views, 6 held-out views, 64x64. Each fit uses the
+no highlight (``lambertian``); 16 training views, 6 held-out views, 64x64. Each fit uses the
 real hash-grid implicit-volume, occupancy-grid renderer and the system's AdamW. ``--jobs N``
 runs the fits in N processes (seconds per step then include the contention between them).
 """
@@ -96,8 +96,8 @@ def table(results):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--rays", type=int, default=2048, help="training rays per step")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--rays", type=int, default=1024, help="training rays per step")
     parser.add_argument("--spp", type=int, default=128, help="renderer num_samples_per_ray")
     parser.add_argument("--scenes", default=",".join(SCENES))
     parser.add_argument("--variants", default=",".join(VARIANT_NAMES))
