@@ -122,13 +122,12 @@ struct Scratch {
 
 // Points per chunk of the level-major buffers: bounds their size (chunk * L * max(F, D) floats).
 constexpr int64_t kChunk = 1 << 17;
-#ifndef AHEAD
-#define AHEAD 8
-#endif
-// Software pipeline: the corners of point i + kAhead are located and prefetched while point i is
-// accumulated, so the random table accesses of several points are in flight at once.
-constexpr int kAhead = AHEAD;
-constexpr int kRing = 2 * AHEAD;
+// Software pipeline: the corners of point i + ahead are located and prefetched while point i is
+// accumulated, so the random table accesses of several points are in flight at once (distances
+// measured best on a 2-core AMD EPYC; the backward touches two tables per corner).
+constexpr int kAheadFwd = 8, kAheadBwd = 12;
+constexpr int kRing = 16;  // power of two > the distances
+static_assert(kAheadFwd < kRing && kAheadBwd < kRing, "ring too small");
 
 template <int D, int FT>
 void forward(const Args& a, float* out) {
@@ -141,6 +140,7 @@ void forward(const Args& a, float* out) {
     // Hashed (expensive) levels first: dynamic scheduling then balances the threads.
 #pragma omp parallel
     {
+      const int F = Feat<FT>::get(a.F);  // again inside: a captured variable would not be a constant
 #pragma omp for schedule(dynamic, 1) nowait
       for (int64_t j = 0; j < L; ++j) {
         const int64_t l = L - 1 - j;
@@ -148,12 +148,12 @@ void forward(const Args& a, float* out) {
         float* dst = buf.p + l * chunk * F;
         const float* xp = a.x + c0 * D;
         Corners<D> ring[kRing];
-        const int64_t ahead = n < kAhead ? n : kAhead;
+        const int64_t ahead = n < kAheadFwd ? n : kAheadFwd;
         for (int64_t i = 0; i < ahead; ++i) locate<D>(xp + i * D, lv, &ring[i & (kRing - 1)]);
         for (int64_t i = 0; i < n; ++i) {
-          if (i + kAhead < n) {
-            Corners<D>& nx = ring[(i + kAhead) & (kRing - 1)];
-            locate<D>(xp + (i + kAhead) * D, lv, &nx);
+          if (i + kAheadFwd < n) {
+            Corners<D>& nx = ring[(i + kAheadFwd) & (kRing - 1)];
+            locate<D>(xp + (i + kAheadFwd) * D, lv, &nx);
             for (int k = 0; k < Corners<D>::K; ++k) __builtin_prefetch(a.params + nx.entry[k] * F, 0, 3);
           }
           const Corners<D>& c = ring[i & (kRing - 1)];
@@ -188,6 +188,7 @@ void backward(const Args& a, const float* dout, float* dparams, float* dx) {
     const int64_t n = (N - c0) < chunk ? (N - c0) : chunk;
 #pragma omp parallel
     {
+      const int F = Feat<FT>::get(a.F);  // again inside: a captured variable would not be a constant
 #pragma omp for schedule(dynamic, 1) nowait
       for (int64_t j = 0; j < L; ++j) {
         const int64_t l = L - 1 - j;
@@ -197,12 +198,12 @@ void backward(const Args& a, const float* dout, float* dparams, float* dx) {
         const float* xp = a.x + c0 * D;
         const float* gp = dout + c0 * row + l * F;
         Corners<D> ring[kRing];
-        const int64_t ahead = n < kAhead ? n : kAhead;
+        const int64_t ahead = n < kAheadBwd ? n : kAheadBwd;
         for (int64_t i = 0; i < ahead; ++i) locate<D>(xp + i * D, lv, &ring[i & (kRing - 1)]);
         for (int64_t i = 0; i < n; ++i) {
-          if (i + kAhead < n) {
-            Corners<D>& nx = ring[(i + kAhead) & (kRing - 1)];
-            locate<D>(xp + (i + kAhead) * D, lv, &nx);
+          if (i + kAheadBwd < n) {
+            Corners<D>& nx = ring[(i + kAheadBwd) & (kRing - 1)];
+            locate<D>(xp + (i + kAheadBwd) * D, lv, &nx);
             for (int k = 0; k < Corners<D>::K; ++k) {
               __builtin_prefetch(dparams + nx.entry[k] * F, 1, 3);
               __builtin_prefetch(a.params + nx.entry[k] * F, 0, 3);
