@@ -140,6 +140,27 @@ def test_cpp_kernel_over_chunks_is_exact_and_independent_of_the_thread_count():
     assert np.abs(d_x - ref_gx).max() <= 1e-5 * np.abs(ref_gx).max()
 
 
+@pytest.mark.parametrize("features", [1, 4])
+def test_cpp_kernel_other_feature_counts(features):
+    """F != 2 takes the kernel's generic feature loop."""
+    from threestudio.models.hashgrid import cpp_backend
+    lib = ctypes.CDLL(cpp_backend.library())
+    layout, n_entries = numpy_layout(4, 8, 4, 2.0)
+    meta, scale = cpp_backend.kernel_tables(hashgrid.GridLayout(3, 4, features, 8, 4, 2.0))
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, (500, 3)).astype(np.float32)
+    table = rng.uniform(-1, 1, n_entries * features).astype(np.float32)
+    G = rng.normal(size=(500, 4 * features)).astype(np.float32)
+    out, d_table, d_x = np.empty((500, 4 * features), np.float32), np.empty_like(table), np.empty_like(x)
+    _run_kernel(lib, "hashgrid_fwd", [x, table, meta, scale, out])
+    _run_kernel(lib, "hashgrid_bwd", [x, table, meta, scale, G, d_table, d_x])
+    ref, ref_gt, ref_gx = reference(x, table.astype(np.float64), layout, features,
+                                    G.reshape(500, 4, features).astype(np.float64))
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    np.testing.assert_allclose(d_table, ref_gt, atol=1e-5)
+    assert np.abs(d_x - ref_gx).max() <= 1e-5 * np.abs(ref_gx).max()
+
+
 def test_default_layout_matches_tcnn_table_size():
     # threestudio default: 16 levels, 2^19 entries, base 16, per-level scale 1.4472692 (max res 4096)
     enc = get_encoding(3, dict(otype="HashGrid", n_levels=16, n_features_per_level=2, log2_hashmap_size=19,

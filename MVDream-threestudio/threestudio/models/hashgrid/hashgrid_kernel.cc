@@ -12,14 +12,13 @@
 // hashgrid_fwd: -> out [N, L * F]
 // hashgrid_bwd: + dout [N, L * F] -> dparams [P], dx [N, D]
 //
-// Work is split by level: a level's table slice (at most 2^19 entries, a few MB) stays in cache
-// while all points stream by, and each level owns a disjoint slice of the gradient, so the
-// scatter needs no atomics and sums in point order whatever the thread count (deterministic).
-// Per-level results go through level-major buffers ([L][N][...]), so no two threads ever write
-// the same cache line of the point-major outputs.
+// Work is split by level: a level's table slice (2^log2_hashmap_size entries at most, a few MB)
+// stays in cache while a chunk of points streams by, and each level owns a disjoint slice of the
+// gradient, so the scatter needs no atomics and sums in point order whatever the thread count
+// (deterministic). Per-level results go through level-major buffers ([L][chunk][...]) and are
+// then gathered per point, so no two threads ever write the same cache line of an output.
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -262,15 +261,14 @@ bool parse(int nparam, void** params, int* ndims, int64_t** shapes, int n_expect
   return a->F >= 1 && a->F <= 16;
 }
 
-// Calls Fn<D, FT>::run(args...) for the runtime D (1..7) and F (1, 2, 4, 8 fixed; others runtime).
+// Calls Fn<D, FT>::run(args...) for the runtime D (1..7) and F (2, the usual, as a constant; others
+// at runtime: fewer instantiations keep the first-use compile short).
 template <template <int, int> class Fn, int D, typename... T>
 void with_f(int F, T... args) {
-  switch (F) {
-    case 1: Fn<D, 1>::run(args...); break;
-    case 2: Fn<D, 2>::run(args...); break;
-    case 4: Fn<D, 4>::run(args...); break;
-    case 8: Fn<D, 8>::run(args...); break;
-    default: Fn<D, 0>::run(args...);
+  if (F == 2) {
+    Fn<D, 2>::run(args...);
+  } else {
+    Fn<D, 0>::run(args...);
   }
 }
 
