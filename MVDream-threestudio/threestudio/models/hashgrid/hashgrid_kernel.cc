@@ -126,123 +126,127 @@ constexpr int64_t kChunk = 1 << 17;
 // measured best on a 2-core AMD EPYC; the backward touches two tables per corner).
 constexpr int kAheadFwd = 8, kAheadBwd = 12;
 constexpr int kRing = 16;  // power of two > the distances
-static_assert(kAheadFwd < kRing && kAheadBwd < kRing, "ring too small");
 
-template <int D, int FT>
-void forward(const Args& a, float* out) {
-  const int F = Feat<FT>::get(a.F);
-  const int64_t L = a.L, N = a.N, row = L * F;
-  const int64_t chunk = N < kChunk ? N : kChunk;
-  Scratch buf(static_cast<size_t>(chunk * L * F));
+// The shared loop of both passes. Points go in chunks [c0, c0 + n); for each chunk, the levels
+// run in parallel (hashed, expensive ones first, so dynamic scheduling balances the threads):
+// level_fn(l, c0, n) for each level, then, once all levels of the chunk are done,
+// point_fn(i, c0) for each point of the chunk in parallel.
+template <class LevelFn, class PointFn>
+void chunked_levels(int64_t N, int64_t L, int64_t chunk, LevelFn level_fn, PointFn point_fn) {
   for (int64_t c0 = 0; c0 < N; c0 += chunk) {
     const int64_t n = (N - c0) < chunk ? (N - c0) : chunk;
-    // Hashed (expensive) levels first: dynamic scheduling then balances the threads.
 #pragma omp parallel
     {
-      const int F = Feat<FT>::get(a.F);  // again inside: a captured variable would not be a constant
 #pragma omp for schedule(dynamic, 1) nowait
-      for (int64_t j = 0; j < L; ++j) {
-        const int64_t l = L - 1 - j;
-        const Level& lv = a.levels[l];
-        float* dst = buf.p + l * chunk * F;
-        const float* xp = a.x + c0 * D;
-        Corners<D> ring[kRing];
-        const int64_t ahead = n < kAheadFwd ? n : kAheadFwd;
-        for (int64_t i = 0; i < ahead; ++i) locate<D>(xp + i * D, lv, &ring[i & (kRing - 1)]);
-        for (int64_t i = 0; i < n; ++i) {
-          if (i + kAheadFwd < n) {
-            Corners<D>& nx = ring[(i + kAheadFwd) & (kRing - 1)];
-            locate<D>(xp + (i + kAheadFwd) * D, lv, &nx);
-            for (int k = 0; k < Corners<D>::K; ++k) __builtin_prefetch(a.params + nx.entry[k] * F, 0, 3);
-          }
-          const Corners<D>& c = ring[i & (kRing - 1)];
-          float acc[FT > 0 ? FT : 16];
-          for (int f = 0; f < F; ++f) acc[f] = 0.f;
-          for (int k = 0; k < Corners<D>::K; ++k) {
-            const float* v = a.params + c.entry[k] * F;
-            for (int f = 0; f < F; ++f) acc[f] = std::fma(c.w[k], v[f], acc[f]);
-          }
-          for (int f = 0; f < F; ++f) dst[i * F + f] = acc[f];
-        }
-      }
+      for (int64_t j = 0; j < L; ++j) level_fn(L - 1 - j, c0, n);
 #pragma omp barrier
-      // [L][n][F] -> out[c0 + i][l * F + f]
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < n; ++i) {
-        float* o = out + (c0 + i) * row;
-        for (int64_t l = 0; l < L; ++l)
-          for (int f = 0; f < F; ++f) o[l * F + f] = buf.p[(l * chunk + i) * F + f];
-      }
+      for (int64_t i = 0; i < n; ++i) point_fn(i, c0);
     }
   }
 }
 
+// One level over n points xp[i * D]: body(i, corners of point i), with the corners of point
+// i + ahead located and handed to prefetch(corners) first (software pipeline).
+template <int D, int ahead, class Prefetch, class Body>
+inline void level_points(const float* xp, int64_t n, const Level& lv, Prefetch prefetch, Body body) {
+  static_assert(ahead < kRing, "ring too small");
+  Corners<D> ring[kRing];
+  for (int64_t i = 0; i < n && i < ahead; ++i) locate<D>(xp + i * D, lv, &ring[i & (kRing - 1)]);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + ahead < n) {
+      Corners<D>& next = ring[(i + ahead) & (kRing - 1)];
+      locate<D>(xp + (i + ahead) * D, lv, &next);
+      prefetch(next);
+    }
+    body(i, ring[i & (kRing - 1)]);
+  }
+}
+
+template <int D, int FT>
+void forward(const Args& a, float* out) {
+  const int64_t L = a.L, N = a.N, chunk = N < kChunk ? N : kChunk;
+  Scratch buf(static_cast<size_t>(chunk * L * a.F));  // per-level outputs, [L][n][F]
+  const float* params = a.params;
+  auto level = [&](int64_t l, int64_t c0, int64_t n) {
+    // F is a compile-time constant where FT > 0; each lambda takes its own copy (a captured
+    // reference would not be one).
+    const int F = Feat<FT>::get(a.F);
+    float* dst = buf.p + l * chunk * F;
+    auto prefetch = [&](const Corners<D>& c) {
+      const int F = Feat<FT>::get(a.F);
+      for (int k = 0; k < Corners<D>::K; ++k) __builtin_prefetch(params + c.entry[k] * F, 0, 3);
+    };
+    level_points<D, kAheadFwd>(a.x + c0 * D, n, a.levels[l], prefetch, [&](int64_t i, const Corners<D>& c) {
+      const int F = Feat<FT>::get(a.F);
+      float acc[FT > 0 ? FT : 16];
+      for (int f = 0; f < F; ++f) acc[f] = 0.f;
+      for (int k = 0; k < Corners<D>::K; ++k) {
+        const float* v = params + c.entry[k] * F;
+        for (int f = 0; f < F; ++f) acc[f] = std::fma(c.w[k], v[f], acc[f]);
+      }
+      for (int f = 0; f < F; ++f) dst[i * F + f] = acc[f];
+    });
+  };
+  auto gather = [&](int64_t i, int64_t c0) {  // [L][n][F] -> out[c0 + i][l * F + f]
+    const int F = Feat<FT>::get(a.F);
+    float* o = out + (c0 + i) * L * F;
+    for (int64_t l = 0; l < L; ++l)
+      for (int f = 0; f < F; ++f) o[l * F + f] = buf.p[(l * chunk + i) * F + f];
+  };
+  chunked_levels(N, L, chunk, level, gather);
+}
+
 template <int D, int FT>
 void backward(const Args& a, const float* dout, float* dparams, float* dx) {
-  const int F = Feat<FT>::get(a.F);
-  const int64_t L = a.L, N = a.N, row = L * F;
-  const int64_t chunk = N < kChunk ? N : kChunk;
+  const int64_t L = a.L, N = a.N, chunk = N < kChunk ? N : kChunk;
   Scratch buf(static_cast<size_t>(chunk * L * D));  // d out_l / d x per level, [L][n][D]
-  for (int64_t c0 = 0; c0 < N; c0 += chunk) {
-    const int64_t n = (N - c0) < chunk ? (N - c0) : chunk;
-#pragma omp parallel
-    {
-      const int F = Feat<FT>::get(a.F);  // again inside: a captured variable would not be a constant
-#pragma omp for schedule(dynamic, 1) nowait
-      for (int64_t j = 0; j < L; ++j) {
-        const int64_t l = L - 1 - j;
-        const Level& lv = a.levels[l];
-        if (c0 == 0) std::memset(dparams + lv.offset * F, 0, sizeof(float) * static_cast<size_t>(lv.size) * F);
-        float* dxl = buf.p + l * chunk * D;
-        const float* xp = a.x + c0 * D;
-        const float* gp = dout + c0 * row + l * F;
-        Corners<D> ring[kRing];
-        const int64_t ahead = n < kAheadBwd ? n : kAheadBwd;
-        for (int64_t i = 0; i < ahead; ++i) locate<D>(xp + i * D, lv, &ring[i & (kRing - 1)]);
-        for (int64_t i = 0; i < n; ++i) {
-          if (i + kAheadBwd < n) {
-            Corners<D>& nx = ring[(i + kAheadBwd) & (kRing - 1)];
-            locate<D>(xp + (i + kAheadBwd) * D, lv, &nx);
-            for (int k = 0; k < Corners<D>::K; ++k) {
-              __builtin_prefetch(dparams + nx.entry[k] * F, 1, 3);
-              __builtin_prefetch(a.params + nx.entry[k] * F, 0, 3);
-            }
-          }
-          const Corners<D>& c = ring[i & (kRing - 1)];
-          const float* g = gp + i * row;
-          float dfrac[D];
-          for (int d = 0; d < D; ++d) dfrac[d] = 0.f;
-          for (int k = 0; k < Corners<D>::K; ++k) {
-            const float* v = a.params + c.entry[k] * F;
-            float* tk = dparams + c.entry[k] * F;
-            float gv = 0.f;
-            for (int f = 0; f < F; ++f) {
-              tk[f] = std::fma(c.w[k], g[f], tk[f]);
-              gv = std::fma(g[f], v[f], gv);
-            }
-            // d w_k / d frac_d = (+-1) * prod_{e != d} a_e
-            for (int d = 0; d < D; ++d) {
-              float others = 1.f;
-              for (int e = 0; e < D; ++e)
-                if (e != d) others *= c.a[e][(k >> e) & 1];
-              dfrac[d] = ((k >> d) & 1) ? std::fma(others, gv, dfrac[d]) : std::fma(-others, gv, dfrac[d]);
-            }
-          }
-          for (int d = 0; d < D; ++d) dxl[i * D + d] = lv.scale * dfrac[d];
-        }
+  const float* params = a.params;
+  auto level = [&](int64_t l, int64_t c0, int64_t n) {
+    const int F = Feat<FT>::get(a.F);
+    const Level& lv = a.levels[l];
+    if (c0 == 0) std::memset(dparams + lv.offset * F, 0, sizeof(float) * static_cast<size_t>(lv.size) * F);
+    float* dxl = buf.p + l * chunk * D;
+    const float* gp = dout + c0 * L * F + l * F;
+    auto prefetch = [&](const Corners<D>& c) {
+      const int F = Feat<FT>::get(a.F);
+      for (int k = 0; k < Corners<D>::K; ++k) {
+        __builtin_prefetch(dparams + c.entry[k] * F, 1, 3);
+        __builtin_prefetch(params + c.entry[k] * F, 0, 3);
       }
-#pragma omp barrier
-      // dx = sum over levels in level order (independent of the thread count)
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < n; ++i) {
+    };
+    level_points<D, kAheadBwd>(a.x + c0 * D, n, lv, prefetch, [&](int64_t i, const Corners<D>& c) {
+      const int F = Feat<FT>::get(a.F);
+      const float* g = gp + i * L * F;
+      float dfrac[D];
+      for (int d = 0; d < D; ++d) dfrac[d] = 0.f;
+      for (int k = 0; k < Corners<D>::K; ++k) {
+        const float* v = params + c.entry[k] * F;
+        float* tk = dparams + c.entry[k] * F;
+        float gv = 0.f;
+        for (int f = 0; f < F; ++f) {
+          tk[f] = std::fma(c.w[k], g[f], tk[f]);
+          gv = std::fma(g[f], v[f], gv);
+        }
+        // d w_k / d frac_d = (+-1) * prod_{e != d} a_e
         for (int d = 0; d < D; ++d) {
-          float s = 0.f;
-          for (int64_t l = 0; l < L; ++l) s += buf.p[(l * chunk + i) * D + d];
-          dx[(c0 + i) * D + d] = s;
+          float others = 1.f;
+          for (int e = 0; e < D; ++e)
+            if (e != d) others *= c.a[e][(k >> e) & 1];
+          dfrac[d] = ((k >> d) & 1) ? std::fma(others, gv, dfrac[d]) : std::fma(-others, gv, dfrac[d]);
         }
       }
+      for (int d = 0; d < D; ++d) dxl[i * D + d] = lv.scale * dfrac[d];
+    });
+  };
+  auto sum_levels = [&](int64_t i, int64_t c0) {  // in level order: independent of the thread count
+    for (int d = 0; d < D; ++d) {
+      float s = 0.f;
+      for (int64_t l = 0; l < L; ++l) s += buf.p[(l * chunk + i) * D + d];
+      dx[(c0 + i) * D + d] = s;
     }
-  }
+  };
+  chunked_levels(N, L, chunk, level, sum_levels);
 }
 
 bool parse(int nparam, void** params, int* ndims, int64_t** shapes, int n_expected, Args* a) {
