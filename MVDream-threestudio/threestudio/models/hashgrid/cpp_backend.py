@@ -34,6 +34,14 @@ def library() -> str:
     return _library
 
 
+def kernel_tables(layout: GridLayout):
+    """The kernel's per-level inputs: meta int64 [L, 3 + D] (offset, size, hashed, dense strides)
+    and scale float32 [L]."""
+    meta = np.concatenate([layout.offset[:, None], layout.size[:, None], layout.hashed[:, None].astype(np.int64),
+                           layout.strides], axis=1)
+    return meta.astype(np.int64), layout.scale.astype(np.float32)
+
+
 @register_backend("cpp")
 class CppHashGrid:
     name = "cpp"
@@ -43,14 +51,12 @@ class CppHashGrid:
         library()
 
     def __init__(self, layout: GridLayout):
-        if layout.n_features_per_level > 16:
+        if layout.n_features_per_level > 16:  # the kernel's per-point accumulator
             raise ValueError("the C++ hash grid supports up to 16 features per level")
         lib = library()
         D, L, F = layout.n_input_dims, layout.n_levels, layout.n_features_per_level
-        meta = np.concatenate([layout.offset[:, None], layout.size[:, None], layout.hashed[:, None].astype(np.int64),
-                               layout.strides], axis=1)
-        self.meta = Tensor(meta.astype(np.int64))
-        self.scale = Tensor(layout.scale.astype(np.float32))
+        meta, scale = kernel_tables(layout)
+        self.meta, self.scale = Tensor(meta), Tensor(scale)
         backward = ops.Custom(
             f"{lib}:hashgrid_bwd",
             out_shape=lambda x, p, m, s, g: (p, x),
