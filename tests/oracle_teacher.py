@@ -114,12 +114,12 @@ class BoxSphereScene:
         t_near, t_far = t_min.max(-1), t_max.min(-1)
         t_box = np.where((t_near <= t_far) & (t_near > 0), t_near, np.inf)
 
-        with np.errstate(invalid="ignore"):  # inf * 0 on missed rays, masked below
+        with np.errstate(invalid="ignore"):  # inf * 0 and inf - inf on missed rays, masked below
             p_sphere, p_box = o + d * t_sphere[..., None], o + d * t_box[..., None]
-        u = np.clip((p_sphere[..., 2:] - self.sphere_center[2]) / (2 * self.sphere_radius) + 0.5, 0, 1)
-        sphere_rgb = (1 - u) * self.sphere_colors[0] + u * self.sphere_colors[1]
-        v = np.clip(((p_box - self.box_center) / (2 * self.box_half) + 0.5).mean(-1, keepdims=True), 0, 1)
-        box_rgb = (1 - v) * self.box_colors[0] + v * self.box_colors[1]
+            u = np.clip((p_sphere[..., 2:] - self.sphere_center[2]) / (2 * self.sphere_radius) + 0.5, 0, 1)
+            sphere_rgb = (1 - u) * self.sphere_colors[0] + u * self.sphere_colors[1]
+            v = np.clip(((p_box - self.box_center) / (2 * self.box_half) + 0.5).mean(-1, keepdims=True), 0, 1)
+            box_rgb = (1 - v) * self.box_colors[0] + v * self.box_colors[1]
         rgb = np.where((t_sphere <= t_box)[..., None], sphere_rgb, box_rgb)
         hit = np.isfinite(np.minimum(t_sphere, t_box))
         return np.where(hit[..., None], np.nan_to_num(rgb), 0.0), hit
