@@ -31,6 +31,8 @@ def main():
     p.add_argument("--scale", type=float, default=None, help="scene size (default: the test's)")
     p.add_argument("--blur", action="store_true")
     p.add_argument("--trial-dir", default="outputs/oracle_plateau")
+    p.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
+    p.add_argument("--lr-final", type=float, default=None, help="EXPERIMENT: exponential lr decay to this factor")
     a = p.parse_args()
     setup_runtime("CPU")
 
@@ -43,9 +45,22 @@ def main():
     from oracle_teacher import (BoxSphereScene, OracleUNet, SceneTeacher, TeacherDataset, encode_mean,
                                 render_scene, render_views, sharpen_vae_posterior)
 
+    if a.lr_final is not None:
+        import math
+        from threestudio.systems import optim
+        from mindspore import ops
+        from mindspore import dtype as mstype
+        orig = optim._BiasCorrection.construct
+        log_g = math.log(a.lr_final) / a.steps
+
+        def construct(self, global_step):
+            f = ops.exp(ops.cast(global_step, mstype.float32) * log_g)
+            v = orig(self, global_step)
+            return v / f if self.inverse else v * f
+        optim._BiasCorrection.construct = construct
     t0 = time.time()
     scale = T.SCENE_SCALE if a.scale is None else a.scale
-    _, dm, system, trainer = build_tiny(a.trial_dir, T.OVERRIDES + [f"seed={a.seed}", f"trainer.max_steps={a.steps}"])
+    _, dm, system, trainer = build_tiny(a.trial_dir, T.OVERRIDES + [f"seed={a.seed}", f"trainer.max_steps={a.steps}"] + a.override)
     guidance = system.guidance
     sharpen_vae_posterior(guidance.model)
     rng = np.random.default_rng(a.seed + 1000)
@@ -119,6 +134,7 @@ def main():
         pred32 = system.renderer(**batch32, bg_color=Tensor(white))["comp_rgb"].asnumpy()
         system.set_train(True)
         pred, opacity = out["comp_rgb"].asnumpy(), out["opacity"].asnumpy()[..., 0]
+        np.savez(Path(a.trial_dir) / f"views_{tag.replace(' ', '')}.npz", pred=pred, gt=gt, opacity=opacity)
         r = {"tag": tag, "latent": latent(pred), "psnr": T.psnr(pred, gt), "haze": float(opacity[~mask].mean()),
              "hole": float(1 - opacity[mask].mean()),
              "latent_bg_fixed": latent(np.where(mask[..., None], pred, gt)),
