@@ -3,12 +3,15 @@
     MS_DEV_HOST_BLOCKING_RUN=1 python tests/oracle_plateau.py --seed 0 --steps 250 --every 50
     ... --mode rgb      the same system fitted by direct RGB supervision (no VAE, no SDS)
     ... --blur          only the metric's sensitivity: held-out latent distance of blurred ground truth
+    ... --override KEY=VALUE   any config override on top of the test's (repeatable), e.g.
+        'system.scheduler={name: ExponentialLR, interval: step, args: {gamma: 0.9885}}'
 
 Prints, every ``--every`` steps, the held-out scores of test_oracle_3d plus: mean opacity over
 the scene's background pixels (haze), 1 - opacity inside the scene's mask (hole), and the latent
 distance with background / object / edge-band pixels replaced by the ground truth's; and the
 latent distance with the held-out views rendered at 32x32, one ray through each pixel centre on
 both sides (the training renders' sampling; ``_32px``), also with its edge band replaced.
+The held-out views (learned field, ground truth, opacity) go to ``<trial-dir>/views_<tag>.npz``.
 """
 import argparse
 import json
@@ -30,9 +33,10 @@ def main():
     p.add_argument("--mode", choices=("sds", "rgb"), default="sds")
     p.add_argument("--scale", type=float, default=None, help="scene size (default: the test's)")
     p.add_argument("--blur", action="store_true")
+    p.add_argument("--distance", type=float, nargs=2, default=None, help="relative camera distance range "
+                   "(training and held-out; default: the test's)")
     p.add_argument("--trial-dir", default="outputs/oracle_plateau")
     p.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
-    p.add_argument("--lr-final", type=float, default=None, help="EXPERIMENT: exponential lr decay to this factor")
     a = p.parse_args()
     setup_runtime("CPU")
 
@@ -45,19 +49,9 @@ def main():
     from oracle_teacher import (BoxSphereScene, OracleUNet, SceneTeacher, TeacherDataset, encode_mean,
                                 render_scene, render_views, sharpen_vae_posterior)
 
-    if a.lr_final is not None:
-        import math
-        from threestudio.systems import optim
-        from mindspore import ops
-        from mindspore import dtype as mstype
-        orig = optim._BiasCorrection.construct
-        log_g = math.log(a.lr_final) / a.steps
-
-        def construct(self, global_step):
-            f = ops.exp(ops.cast(global_step, mstype.float32) * log_g)
-            v = orig(self, global_step)
-            return v / f if self.inverse else v * f
-        optim._BiasCorrection.construct = construct
+    if a.distance is not None:
+        T.DISTANCE = tuple(a.distance)  # held_out_batch reads it
+        a.override = [f"data.camera_distance_range=[{a.distance[0]},{a.distance[1]}]"] + a.override
     t0 = time.time()
     scale = T.SCENE_SCALE if a.scale is None else a.scale
     _, dm, system, trainer = build_tiny(a.trial_dir, T.OVERRIDES + [f"seed={a.seed}", f"trainer.max_steps={a.steps}"] + a.override)
