@@ -62,7 +62,7 @@ def main():
     batch = T.held_out_batch()
     white = np.tile(T.WHITE, (T.N_HELD_OUT, 1))
     gt = render_views([scene] * T.N_HELD_OUT, batch, white)
-    model, size = guidance.model, guidance.cfg.image_size
+    model, size = guidance.model, T.IMAGE  # the test's metric, also under an image_size override
     gt_latent = encode_mean(model, gt, size).asnumpy()
 
     def latent(images, reference=gt_latent):
