@@ -80,12 +80,14 @@ def test_system_trains_with_the_schedule(tmp_path):
 @pytest.mark.parametrize("scheduler, message", [
     ({"name": "CosineWarmRestarts", "interval": "step"}, "system.scheduler.name 'CosineWarmRestarts' is not supported"),
     ({"name": "ExponentialLR", "interval": "step", "args": {"gama": 0.9}}, "do not fit torch's ExponentialLR"),
-    ({"name": "ExponentialLR", "interval": "step", "args": {"gamma": 0}}, "args.gamma must be > 0"),
+    ({"name": "ExponentialLR", "interval": "step", "args": {"gamma": 0}}, "args.gamma must be a number > 0"),
+    ({"name": "StepLR", "interval": "step", "args": {"step_size": "ten"}}, "args.step_size must be a number > 0"),
     ({"name": "ExponentialLR", "interval": "iteration", "args": {"gamma": 0.9}}, "interval must be 'step' or 'epoch'"),
     ({"name": "SequentialLR", "interval": "step", "milestones": [],
       "schedulers": [{"name": "ConstantLR"}, {"name": "ExponentialLR", "args": {"gamma": 0.9}}]},
      "SequentialLR needs 1 increasing milestones"),
     ({"interval": "step"}, "system.scheduler needs a 'name'"),
+    ({"name": "ExponentialLR", "interval": "step", "args": 0.9}, "system.scheduler.args must be a mapping"),
 ])
 def test_bad_schedule_is_a_config_error(scheduler, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):

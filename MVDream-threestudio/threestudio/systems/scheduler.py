@@ -61,6 +61,13 @@ _SCHEDULERS: Dict[str, Callable] = {"ExponentialLR": _exponential, "LinearLR": _
 _POSITIVE = {"gamma", "step_size", "total_iters", "start_factor"}
 
 
+def _is_positive(value) -> bool:
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _parse(config: dict, where: str) -> Factor:
     if not isinstance(config, dict) or "name" not in config:
         raise ConfigError(f"{where} needs a 'name' (e.g. ExponentialLR)")
@@ -91,14 +98,16 @@ def _parse(config: dict, where: str) -> Factor:
     if name not in _SCHEDULERS:
         raise ConfigError(f"{where}.name '{name}' is not supported; use one of "
                           f"{', '.join(list(_SCHEDULERS) + ['SequentialLR', 'ChainedScheduler'])}")
-    args = dict(config.get("args") or {})
+    args = config.get("args") or {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"{where}.args must be a mapping of torch's {name} arguments, got {args!r}")
     try:
         factor = _SCHEDULERS[name](**args)
     except TypeError:
         raise ConfigError(f"{where}.args {sorted(args)} do not fit torch's {name}; see its arguments") from None
-    bad = next((k for k in _POSITIVE if k in args and not float(args[k]) > 0), None)
+    bad = next((k for k in _POSITIVE if k in args and not _is_positive(args[k])), None)
     if bad is not None:
-        raise ConfigError(f"{where}.args.{bad} must be > 0, got {args[bad]}")
+        raise ConfigError(f"{where}.args.{bad} must be a number > 0, got {args[bad]!r}")
     return factor
 
 
