@@ -88,6 +88,7 @@ def test_system_trains_with_the_schedule(tmp_path):
      "SequentialLR needs 1 increasing milestones"),
     ({"interval": "step"}, "system.scheduler needs a 'name'"),
     ({"name": "ExponentialLR", "interval": "step", "args": 0.9}, "system.scheduler.args must be a mapping"),
+    ({"name": "LinearLR", "interval": "step", "args": {"end_factor": "one"}}, "an argument has the wrong type"),
 ])
 def test_bad_schedule_is_a_config_error(scheduler, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):

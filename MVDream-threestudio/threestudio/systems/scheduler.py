@@ -131,4 +131,11 @@ def parse_scheduler(config) -> LRFactor:
     interval = config.get("interval", "epoch")
     if interval not in ("step", "epoch"):
         raise ConfigError(f"system.scheduler.interval must be 'step' or 'epoch', got {interval!r}")
-    return LRFactor(_parse(config, "system.scheduler"), interval == "step")
+    schedule = LRFactor(_parse(config, "system.scheduler"), interval == "step")
+    try:  # arguments of a wrong type (a string end_factor, ...) fail here, not at the first step
+        value = float(schedule(Tensor([1], mstype.int32)).asnumpy().reshape(-1)[0])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"system.scheduler: an argument has the wrong type ({err})") from None
+    if not value >= 0:
+        raise ConfigError(f"system.scheduler: the lr factor at step 1 is {value}; check its arguments")
+    return schedule
