@@ -100,10 +100,12 @@ too, which the trajectory does not notice here):
     with pruning; stopped); 128 samples a ray (MVDream: 512; the tiny config: 64): 0.866 at 100
     (0.601; stopped);
   * cameras closer (relative distance 0.45-0.6, held out at 0.525): 0.874 at 100 (stopped);
-  * the resolution switch at step 20 instead of 40: 0.629 at 100, 0.304 at 200.
+  * the resolution switch at step 20 instead of 40: 0.629 at 100, 0.304 at 200;
+  * 64x64 renders in the second stage with the guidance at 64x64 (``data.width=[16,64]``,
+    ``data.height=[16,64]``, ``system.guidance.image_size=64``; scored at the same 32x32 latents):
+    0.968 at 100, 0.841 at 200 (448 s; the unchanged config 335 s, not at the same load).
   Single runs: a difference below ~0.05 may be the trajectory's own spread (seeds 0-2: 0.26-0.36),
-  but no change gained. Not tried: 64x64 renders in the second stage (4x the rays of a 32x32 step; the suite's pair has
-  to stay near 200 s). The held-out views at 200 steps (``views_step200.npz``) show the residual
+  but no change gained. The held-out views at 200 steps (``views_step200.npz``) show the residual
   at the silhouettes and as colour speckle on the box's faces; the sphere's inside is clean.
 
 Set-up choices:
