@@ -3,12 +3,15 @@
     MS_DEV_HOST_BLOCKING_RUN=1 python tests/oracle_plateau.py --seed 0 --steps 250 --every 50
     ... --mode rgb      the same system fitted by direct RGB supervision (no VAE, no SDS)
     ... --blur          only the metric's sensitivity: held-out latent distance of blurred ground truth
+    ... --override KEY=VALUE   any config override on top of the test's (repeatable), e.g.
+        'system.scheduler={name: ExponentialLR, interval: step, args: {gamma: 0.9885}}'
 
 Prints, every ``--every`` steps, the held-out scores of test_oracle_3d plus: mean opacity over
 the scene's background pixels (haze), 1 - opacity inside the scene's mask (hole), and the latent
 distance with background / object / edge-band pixels replaced by the ground truth's; and the
 latent distance with the held-out views rendered at 32x32, one ray through each pixel centre on
 both sides (the training renders' sampling; ``_32px``), also with its edge band replaced.
+The held-out views (learned field, ground truth, opacity) go to ``<trial-dir>/views_<tag>.npz``.
 """
 import argparse
 import json
@@ -30,7 +33,10 @@ def main():
     p.add_argument("--mode", choices=("sds", "rgb"), default="sds")
     p.add_argument("--scale", type=float, default=None, help="scene size (default: the test's)")
     p.add_argument("--blur", action="store_true")
+    p.add_argument("--distance", type=float, nargs=2, default=None, help="relative camera distance range "
+                   "(training and held-out; default: the test's)")
     p.add_argument("--trial-dir", default="outputs/oracle_plateau")
+    p.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
     a = p.parse_args()
     setup_runtime("CPU")
 
@@ -43,9 +49,12 @@ def main():
     from oracle_teacher import (BoxSphereScene, OracleUNet, SceneTeacher, TeacherDataset, encode_mean,
                                 render_scene, render_views, sharpen_vae_posterior)
 
+    if a.distance is not None:
+        T.DISTANCE = tuple(a.distance)  # held_out_batch reads it
+        a.override = [f"data.camera_distance_range=[{a.distance[0]},{a.distance[1]}]"] + a.override
     t0 = time.time()
     scale = T.SCENE_SCALE if a.scale is None else a.scale
-    _, dm, system, trainer = build_tiny(a.trial_dir, T.OVERRIDES + [f"seed={a.seed}", f"trainer.max_steps={a.steps}"])
+    _, dm, system, trainer = build_tiny(a.trial_dir, T.OVERRIDES + [f"seed={a.seed}", f"trainer.max_steps={a.steps}"] + a.override)
     guidance = system.guidance
     sharpen_vae_posterior(guidance.model)
     rng = np.random.default_rng(a.seed + 1000)
@@ -53,7 +62,7 @@ def main():
     batch = T.held_out_batch()
     white = np.tile(T.WHITE, (T.N_HELD_OUT, 1))
     gt = render_views([scene] * T.N_HELD_OUT, batch, white)
-    model, size = guidance.model, guidance.cfg.image_size
+    model, size = guidance.model, T.IMAGE  # the test's metric, also under an image_size override
     gt_latent = encode_mean(model, gt, size).asnumpy()
 
     def latent(images, reference=gt_latent):
@@ -119,6 +128,7 @@ def main():
         pred32 = system.renderer(**batch32, bg_color=Tensor(white))["comp_rgb"].asnumpy()
         system.set_train(True)
         pred, opacity = out["comp_rgb"].asnumpy(), out["opacity"].asnumpy()[..., 0]
+        np.savez(Path(a.trial_dir) / f"views_{tag.replace(' ', '')}.npz", pred=pred, gt=gt, opacity=opacity)
         r = {"tag": tag, "latent": latent(pred), "psnr": T.psnr(pred, gt), "haze": float(opacity[~mask].mean()),
              "hole": float(1 - opacity[mask].mean()),
              "latent_bg_fixed": latent(np.where(mask[..., None], pred, gt)),

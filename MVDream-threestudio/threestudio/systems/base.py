@@ -30,6 +30,7 @@ from ..utils.config import ConfigError, config_to_primitive, log_ignored_keys
 from ..utils.misc import C
 from ..utils.saving import SaverMixin
 from .optim import parse_optimizer
+from .scheduler import parse_scheduler
 
 logger = logging.getLogger("threestudio")
 
@@ -84,7 +85,7 @@ class BaseSystem(nn.Cell, Updateable, SaverMixin):
         self.true_global_step = 0
         self.true_current_epoch = 0
         if self.cfg.scheduler is not None:
-            raise ConfigError("system.scheduler (learning-rate schedules) is not supported yet; remove it")
+            parse_scheduler(self.cfg.scheduler)  # a bad schedule fails here, before any work
         log_ignored_keys(self.cfg, ("loggers", "cleanup_after_validation_step", "cleanup_after_test_step"), "system")
         self.configure()
         if self.cfg.weights is not None:
@@ -104,8 +105,9 @@ class BaseSystem(nn.Cell, Updateable, SaverMixin):
         self.true_current_epoch, self.true_global_step = epoch, global_step
 
     def configure_optimizers(self):
-        """(optimizer, parameters it updates) from ``system.optimizer``."""
-        return parse_optimizer(self.cfg.optimizer, self)
+        """(optimizer, parameters it updates) from ``system.optimizer`` and ``system.scheduler``."""
+        schedule = None if self.cfg.scheduler is None else parse_scheduler(self.cfg.scheduler)
+        return parse_optimizer(self.cfg.optimizer, self, schedule)
 
     # ------------------------------------------------------------ hooks used by the trainer
     def training_loss(self, batch: Dict[str, Any]) -> Tensor:

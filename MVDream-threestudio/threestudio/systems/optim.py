@@ -19,7 +19,7 @@ it to ``sqrt(v_hat)``, here to ``sqrt(v)`` (a relative difference below eps / sq
 set it, so threestudio runs with 0.01), Adam ``weight_decay=0``.
 """
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
@@ -35,15 +35,17 @@ _TORCH_DEFAULTS = {
 
 
 class _BiasCorrection(LearningRateSchedule):
-    """``value * sqrt(1 - b2^t) / (1 - b1^t)`` (or its inverse) at step ``t = global_step + 1``.
+    """``value * sqrt(1 - b2^t) / (1 - b1^t)`` (or its inverse) at step ``t = global_step + 1``,
+    times ``schedule(global_step)`` where given (``system.scheduler``: the lr only).
 
     Evaluated inside the optimizer's compiled step from its ``global_step`` Parameter, as a
     dynamic learning rate / weight decay.
     """
 
-    def __init__(self, value: float, beta1: float, beta2: float, inverse: bool = False):
+    def __init__(self, value: float, beta1: float, beta2: float, inverse: bool = False,
+                 schedule: Optional[LearningRateSchedule] = None):
         super().__init__()
-        self.value, self.inverse = float(value), inverse
+        self.value, self.inverse, self.schedule = float(value), inverse, schedule
         self.log_b1, self.log_b2 = math.log(beta1), math.log(beta2)
 
     def construct(self, global_step):
@@ -51,14 +53,17 @@ class _BiasCorrection(LearningRateSchedule):
         scale = ops.sqrt(1.0 - ops.exp(t * self.log_b2)) / (1.0 - ops.exp(t * self.log_b1))
         if self.inverse:
             return self.value / scale
+        if self.schedule is not None:
+            scale = scale * self.schedule(global_step)
         return self.value * scale
 
 
 class TorchAdamW(nn.AdamWeightDecay):
     """``nn.AdamWeightDecay`` with torch.optim.AdamW's bias correction (see module doc)."""
 
-    def __init__(self, groups, beta1: float, beta2: float, eps: float):
-        groups = [dict(g, lr=_BiasCorrection(g["lr"], beta1, beta2),
+    def __init__(self, groups, beta1: float, beta2: float, eps: float,
+                 schedule: Optional[LearningRateSchedule] = None):
+        groups = [dict(g, lr=_BiasCorrection(g["lr"], beta1, beta2, schedule=schedule),
                        weight_decay=_BiasCorrection(g["weight_decay"], beta1, beta2, inverse=True))
                   for g in groups]
         super().__init__(groups, learning_rate=1e-3, beta1=beta1, beta2=beta2, eps=eps)
@@ -100,8 +105,10 @@ def get_parameters(system, path: str) -> List[Parameter]:
     return []
 
 
-def parse_optimizer(config, system) -> Tuple[TorchAdamW, List[Parameter]]:
-    """Build the optimizer; returns it and the list of parameters it updates."""
+def parse_optimizer(config, system, schedule: Optional[LearningRateSchedule] = None
+                    ) -> Tuple[TorchAdamW, List[Parameter]]:
+    """Build the optimizer; returns it and the list of parameters it updates. ``schedule``: a
+    factor on every group's lr at the optimizer's step (``scheduler.parse_scheduler``)."""
     config = config_to_primitive(config) or {}
     name = config.get("name", "AdamW")
     if name not in _TORCH_DEFAULTS:
@@ -134,5 +141,5 @@ def parse_optimizer(config, system) -> Tuple[TorchAdamW, List[Parameter]]:
     if not any(g["params"] for g in groups):
         raise ConfigError("system.optimizer selects no trainable parameters")
     beta1, beta2 = (float(b) for b in args["betas"])
-    optimizer = TorchAdamW(groups, beta1=beta1, beta2=beta2, eps=float(args["eps"]))
+    optimizer = TorchAdamW(groups, beta1=beta1, beta2=beta2, eps=float(args["eps"]), schedule=schedule)
     return optimizer, [p for g in groups for p in g["params"]]
