@@ -1,7 +1,7 @@
 """Ablation of view-dependent colour (issue 15): held-out PSNR of three NeRF variants on a
 specular scene and its Lambertian control, mean +- std over seeds, and seconds per step.
 
-    python tools/ablate_viewdep.py [--seeds 0,1,2] [--steps 400] [--rays 1024] [--spp 128] [--jobs 1]
+    python tools/ablate_viewdep.py [--seeds 0,1,2] [--steps 700] [--rays 1024] [--spp 128] [--jobs 1]
     python tools/ablate_viewdep.py --table run1.log run2.log   # table of earlier runs' result lines
     python tools/ablate_viewdep.py --cost [--rounds 2]   # render step cost on the real config
 
@@ -96,7 +96,7 @@ def table(results):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--rays", type=int, default=1024, help="training rays per step")
     parser.add_argument("--spp", type=int, default=128, help="renderer num_samples_per_ray")
     parser.add_argument("--scenes", default=",".join(SCENES))
