@@ -104,7 +104,7 @@ too, which the trajectory does not notice here):
   * 64x64 renders in the second stage with the guidance at 64x64 (``data.width=[16,64]``,
     ``data.height=[16,64]``, ``system.guidance.image_size=64``; scored at the same 32x32 latents):
     0.968 at 100, 0.841 at 200 (448 s; the unchanged config 335 s, not at the same load).
-  * longer, this test's config unchanged (``--steps 800 --every 100``, quiet machine, 385 s): 0.601,
+  * longer, this test's config unchanged (``--steps 800 --every 100``, 385 s, load falling from ~10 to ~2): 0.601,
     0.296, 0.241, 0.246, 0.225, 0.216, 0.224, 0.264 at steps 100..800: it levels off at ~0.22
     (-78%) from step 500 and wanders by ~0.04 at the constant lr, so -80% is not reached by
     training longer either within what a test can run;
