@@ -40,6 +40,14 @@ VARIANTS = {  # name -> (geometry config overrides, material type, material conf
 }
 
 
+def ray_sphere(o, d, center, radius):
+    """(hit, t): whether unit-direction rays meet the sphere, and the nearer intersection's t."""
+    oc = o - center
+    b = (oc * d).sum(-1)
+    disc = b * b - ((oc * oc).sum(-1) - radius ** 2)
+    return disc > 0, -b - np.sqrt(np.maximum(disc, 0.0))
+
+
 def render_spheres(rays_o, rays_d, ks):
     """[..., 4]: Blinn-Phong rgb (white background) and hit mask of the nearest sphere, float64."""
     o, d = rays_o.astype(np.float64), rays_d.astype(np.float64)
@@ -47,13 +55,10 @@ def render_spheres(rays_o, rays_d, ks):
     t_hit = np.full(o.shape[:-1], np.inf)
     normal, albedo = np.zeros(o.shape), np.zeros(o.shape)
     for center, radius, color in SPHERES:
-        oc = o - center
-        b = (oc * d).sum(-1)
-        disc = b * b - ((oc * oc).sum(-1) - radius ** 2)
-        t = -b - np.sqrt(np.maximum(disc, 0.0))
-        closer = (disc > 0) & (t > 0) & (t < t_hit)
+        hit, t = ray_sphere(o, d, center, radius)
+        closer = hit & (t > 0) & (t < t_hit)
         t_hit = np.where(closer, t, t_hit)
-        normal = np.where(closer[..., None], (oc + d * t[..., None]) / radius, normal)
+        normal = np.where(closer[..., None], (o - center + d * t[..., None]) / radius, normal)
         albedo = np.where(closer[..., None], color, albedo)
     hit = np.isfinite(t_hit)
     half = LIGHT_DIR - d
@@ -72,10 +77,7 @@ def render_direction_colour(rays_o, rays_d):
     """[..., 4]: a sphere coloured 0.5 + 0.4 * (unit ray direction), white background, and hit mask."""
     o, d = rays_o.astype(np.float64), rays_d.astype(np.float64)
     d = d / np.linalg.norm(d, axis=-1, keepdims=True)
-    center, radius = DIRECTION_SPHERE
-    oc = o - center
-    b = (oc * d).sum(-1)
-    hit = b * b - ((oc * oc).sum(-1) - radius ** 2) > 0
+    hit, _ = ray_sphere(o, d, *DIRECTION_SPHERE)
     rgb = np.where(hit[..., None], 0.5 + 0.4 * d, 1.0)
     return np.concatenate([rgb, hit[..., None]], -1)
 

@@ -1,5 +1,7 @@
 """``system.scheduler``: threestudio's torch.optim.lr_scheduler configs as an lr factor of the
 system's AdamW (closed forms of torch's schedulers; NumPy references)."""
+import re
+
 import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn
@@ -91,7 +93,7 @@ def test_system_trains_with_the_schedule(tmp_path):
     ({"name": "LinearLR", "interval": "step", "args": {"end_factor": "one"}}, "an argument has the wrong type"),
 ])
 def test_bad_schedule_is_a_config_error(scheduler, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         parse_scheduler(scheduler)
 
 

@@ -84,8 +84,8 @@ class BaseSystem(nn.Cell, Updateable, SaverMixin):
         self.precision = precision  # trainer.precision, for the modules that depend on it
         self.true_global_step = 0
         self.true_current_epoch = 0
-        if self.cfg.scheduler is not None:
-            parse_scheduler(self.cfg.scheduler)  # a bad schedule fails here, before any work
+        # parsed here so that a bad schedule fails before configure() builds the models
+        self.lr_schedule = None if self.cfg.scheduler is None else parse_scheduler(self.cfg.scheduler)
         log_ignored_keys(self.cfg, ("loggers", "cleanup_after_validation_step", "cleanup_after_test_step"), "system")
         self.configure()
         if self.cfg.weights is not None:
@@ -106,8 +106,7 @@ class BaseSystem(nn.Cell, Updateable, SaverMixin):
 
     def configure_optimizers(self):
         """(optimizer, parameters it updates) from ``system.optimizer`` and ``system.scheduler``."""
-        schedule = None if self.cfg.scheduler is None else parse_scheduler(self.cfg.scheduler)
-        return parse_optimizer(self.cfg.optimizer, self, schedule)
+        return parse_optimizer(self.cfg.optimizer, self, self.lr_schedule)
 
     # ------------------------------------------------------------ hooks used by the trainer
     def training_loss(self, batch: Dict[str, Any]) -> Tensor:
