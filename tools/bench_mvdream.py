@@ -11,6 +11,9 @@ whose driver gives the MindSpore/PyTorch ratios), for the project alone:
   vae       VAE encode (posterior sample x 0.18215), loss sum(z * w), backward to the image, 4 x 256^2
   ddim      one DDIM step of t2i (CFG batch of 8, 4 views at 256x256), full pipeline
   text      text encoder on 2 prompts (incl. tokenisation)
+  decode    VAE decoder, 4 latents 32x32 -> 4 x 256^2 (t2i's last step)
+  graph     text and decode, graph mode (the default) against PyNative (graph_mode=False), calls
+            alternating in one process; prints each side's median and their ratio
   hashgrid  hash grid (16 levels x 2, 2^19, base 16) forward + backward to the table, 2^20 points
   layers    single layers at UNet shapes (fp32 only; median of 5 calls each, seconds per call)
 """
@@ -92,6 +95,14 @@ def run_case(case, dtype_name, repeats):
         text.dtype = dtype
         result["seconds"] = _timed(lambda: text.encode(["an astronaut riding a horse, 3d asset", ""]).asnumpy(),
                                    repeats)
+    elif case == "decode":
+        vae = instantiate_from_config(_model_config().first_stage_config)
+        vae.set_train(False)
+        z = Tensor(rng.standard_normal((4, 4, 32, 32)).astype(np.float32)).astype(dtype)
+        result["seconds"] = _timed(lambda: vae.decode(z).asnumpy(), repeats)
+    elif case == "graph":
+        result.update(_graph_against_pynative(rng, max(repeats, 3)))
+        result["seconds"] = [0.0]
     elif case == "ddim":
         from mvdream.camera_utils import get_camera
         from mvdream.ldm.models.diffusion.ddim import DDIMSampler
@@ -128,6 +139,40 @@ def run_case(case, dtype_name, repeats):
     return result
 
 
+def _graph_against_pynative(rng, repeats):
+    """Median seconds per call of the graph-mode frozen forwards and of the same in PyNative,
+    timed A B A B in this process after one warm-up (compile) call each."""
+    import numpy as np
+    from mindspore import Tensor
+    from omegaconf import OmegaConf
+    from mvdream.ldm.util import instantiate_from_config
+
+    cfg = _model_config()
+    prompts = ["an astronaut riding a horse, 3d asset", ""]
+    z = Tensor(rng.standard_normal((4, 4, 32, 32)).astype(np.float32))
+
+    def built(section, graph_mode):
+        section = OmegaConf.merge(section, {"params": {"graph_mode": graph_mode}})
+        return instantiate_from_config(section)
+    cases = {"text": lambda m: m.encode(prompts), "decode": lambda m: m.decode(z)}
+    sections = {"text": cfg.cond_stage_config, "decode": cfg.first_stage_config}
+    rows = {}
+    for name, call in cases.items():
+        models = {mode: built(sections[name], mode) for mode in (True, False)}
+        for model in models.values():
+            model.set_train(False)
+            call(model).asnumpy()  # warm-up: the graph side compiles here
+        times = {True: [], False: []}
+        for _ in range(repeats):
+            for mode, model in models.items():
+                start = time.perf_counter()
+                call(model).asnumpy()
+                times[mode].append(time.perf_counter() - start)
+        graph, eager = statistics.median(times[True]), statistics.median(times[False])
+        rows[name] = {"graph_s": round(graph, 4), "pynative_s": round(eager, 4), "ratio": round(graph / eager, 3)}
+    return rows
+
+
 def _layers(rng):
     """Seconds per call (median of 5 after a warm-up) of the project's layers at UNet shapes."""
     import numpy as np
@@ -159,8 +204,8 @@ def _layers(rng):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["build", "unet", "vae", "ddim", "text", "hashgrid", "layers"],
-                        choices=["build", "unet", "vae", "ddim", "text", "hashgrid", "layers"])
+    cases = ["build", "unet", "vae", "ddim", "text", "decode", "graph", "hashgrid", "layers"]
+    parser.add_argument("--cases", nargs="+", default=cases, choices=cases)
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16"])
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up")
     parser.add_argument("--threads", type=int, default=None, help="CPU kernel threads (default: all cores)")
@@ -177,7 +222,7 @@ def main():
     print(f"{'case':8} {'dtype':5} {'median s':>9} {'runs':>22} {'peak RSS GB':>11}  load")
     for case in args.cases:
         for dtype in args.dtypes:
-            if case in ("hashgrid", "layers") and dtype != "fp32":
+            if case in ("graph", "hashgrid", "layers") and dtype != "fp32":
                 continue
             load = os.getloadavg()[0]
             cmd = [sys.executable, __file__, "--_child", case, dtype, "--repeats", str(args.repeats),
@@ -196,6 +241,11 @@ def main():
                   flush=True)
             for name, seconds in res.get("layers", {}).items():
                 print(f"    {name:40} {seconds:.4f} s")
+            for name in ("text", "decode"):
+                if case == "graph" and name in res:
+                    row = res[name]
+                    print(f"    {name:8} graph {row['graph_s']:.3f} s, PyNative {row['pynative_s']:.3f} s, "
+                          f"graph / PyNative {row['ratio']:.3f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import numpy as np
 from mindspore import Parameter, Tensor, nn
 
+from ...graph import GraphFunction
 from ..modules.diffusionmodules.model import Decoder, Encoder
 from ..modules.distributions.distributions import DiagonalGaussianDistribution
 from ..modules.torch_layers import Conv2d
@@ -15,11 +16,14 @@ class AutoencoderKL(nn.Cell):
     ``lossconfig`` is accepted and ignored: the training losses (LPIPS,
     discriminator) are out of scope, and MVDream's config uses ``torch.nn.Identity``.
     ``ema_decay``/``learn_logvar`` (training-only) are not supported.
+
+    ``graph_mode`` runs the decoder as a static graph (``mvdream.graph``). The encoder stays in
+    PyNative: it is differentiated (x0-SDS), and a graph's gradients are not reliable.
     """
 
     def __init__(self, ddconfig, embed_dim, lossconfig=None, ckpt_path=None, ignore_keys=(),
                  image_key="image", colorize_nlabels=None, monitor=None, ema_decay=None,
-                 learn_logvar=False):
+                 learn_logvar=False, graph_mode=True):
         super().__init__()
         if ema_decay is not None:
             raise NotImplementedError("AutoencoderKL: EMA weights are a training feature, not ported")
@@ -32,6 +36,11 @@ class AutoencoderKL(nn.Cell):
         self.quant_conv = Conv2d(2 * z_channels, 2 * embed_dim, 1)
         self.post_quant_conv = Conv2d(embed_dim, z_channels, 1)
         self.embed_dim = embed_dim
+        vae = self
+
+        def decode(z):  # a closure, not a bound method (see GraphFunction)
+            return vae.decoder(vae.post_quant_conv(z))
+        self.decode_graph = GraphFunction(decode, self, graph_mode)
         if colorize_nlabels is not None:
             assert isinstance(colorize_nlabels, int)
             # a buffer in the original (part of its state dict), hence a frozen parameter
@@ -53,11 +62,11 @@ class AutoencoderKL(nn.Cell):
         print(f"Restored from {path}")
 
     def encode(self, x):
-        moments = self.quant_conv(self.encoder(x))
+        moments = self.quant_conv(self.encoder(x))  # (B, 2 * embed_dim, h, w)
         return DiagonalGaussianDistribution(moments)
 
     def decode(self, z):
-        return self.decoder(self.post_quant_conv(z))
+        return self.decode_graph(z)  # (B, out_ch, H, W)
 
     def construct(self, x, sample_posterior=True):
         posterior = self.encode(x)

@@ -2,6 +2,7 @@
 import mindspore as ms
 from mindspore import Tensor, nn
 
+from ....graph import GraphFunction
 from .open_clip_text import TextTransformer, get_model_config
 from .tokenizer import tokenize
 
@@ -30,12 +31,14 @@ class FrozenOpenCLIPEmbedder(AbstractEncoder):
     (``cond_stage_model.model.*``). ``device`` is likewise ignored (MindSpore's
     context picks the device). ``dtype`` ("float32" default, or "float16") is the
     compute dtype of the transformer; LayerNorm and attention softmax run in float32.
+    ``graph_mode`` runs the transformer as a static graph (``mvdream.graph``: the same numbers in
+    ~0.6x the PyNative time).
     """
 
     LAYERS = ("last", "penultimate")
 
     def __init__(self, arch="ViT-H-14", version="laion2b_s32b_b79k", device="cpu", max_length=77,
-                 freeze=True, layer="last", dtype="float32"):
+                 freeze=True, layer="last", dtype="float32", graph_mode=True):
         super().__init__()
         if layer not in self.LAYERS:
             raise ValueError(f"layer must be one of {self.LAYERS}, got {layer!r}")
@@ -54,6 +57,12 @@ class FrozenOpenCLIPEmbedder(AbstractEncoder):
         self.layer = layer
         # Number of trailing resblocks to skip.
         self.layer_idx = self.LAYERS.index(layer)
+        embedder = self
+
+        def hidden(tokens):  # a closure, not a bound method (see GraphFunction)
+            return embedder.model.encode_hidden(tokens, skip_last=embedder.layer_idx, dtype=embedder.dtype)
+        self.hidden_graph = GraphFunction(hidden, self.model, graph_mode,
+                                          depends_on=lambda: (embedder.layer_idx, embedder.dtype))
         if freeze:
             self.freeze()
 
@@ -66,7 +75,7 @@ class FrozenOpenCLIPEmbedder(AbstractEncoder):
         return Tensor(tokenize(text, context_length=self.model.context_length))
 
     def encode_with_transformer(self, tokens):
-        return self.model.encode_hidden(tokens, skip_last=self.layer_idx, dtype=self.dtype)
+        return self.hidden_graph(tokens)  # (N, 77, width)
 
     def construct(self, text):
         return self.encode_with_transformer(self.tokenize(text))

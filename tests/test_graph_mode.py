@@ -1,0 +1,95 @@
+"""The frozen forwards compiled as static graphs (``mvdream.graph``) compute what PyNative computes,
+and follow their weights when a checkpoint or a dtype cast replaces them after a first call."""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor
+from omegaconf import OmegaConf
+
+from mvdream.checkpoint import load_state_dict_into
+from mvdream.ldm.models.autoencoder import AutoencoderKL
+from mvdream.ldm.modules.encoders.modules import FrozenOpenCLIPEmbedder
+
+PROMPTS = ["a cat wearing a hat", ""]
+
+
+def _vae(tiny_config, tiny_state_dict, graph_mode):
+    params = OmegaConf.to_container(tiny_config.model.params.first_stage_config.params)
+    vae = AutoencoderKL(**params, graph_mode=graph_mode)
+    load_state_dict_into(vae, tiny_state_dict, prefix="first_stage_model.", strict=True)
+    vae.set_train(False)
+    for p in vae.get_parameters():
+        p.requires_grad = False
+    return vae
+
+
+def _text(tiny_config, tiny_state_dict, graph_mode):
+    params = dict(tiny_config.model.params.cond_stage_config.params)
+    emb = FrozenOpenCLIPEmbedder(**params, graph_mode=graph_mode)
+    load_state_dict_into(emb.model, tiny_state_dict, prefix="cond_stage_model.model.", strict=True)
+    return emb
+
+
+def _assert_close(got, want, rtol=1e-6):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err <= rtol, f"relative error {err:.3g} > {rtol}"
+
+
+def _image(seed=0, size=32):
+    return Tensor(np.random.default_rng(seed).uniform(-1, 1, (2, 3, size, size)).astype(np.float32))
+
+
+def test_vae_decoder_graph_matches_pynative(tiny_config, tiny_state_dict):
+    graph, eager = (_vae(tiny_config, tiny_state_dict, mode) for mode in (True, False))
+    z = eager.encode(_image()).mean
+    want = eager.decode(z).asnumpy()
+    runs = [graph.decode(z).asnumpy() for _ in range(3)]
+    _assert_close(runs[0], want)
+    assert all(np.array_equal(run, runs[0]) for run in runs)  # a compiled graph is reused as it is
+
+
+def test_graph_output_is_a_constant_to_autodiff(tiny_config, tiny_state_dict):
+    vae = _vae(tiny_config, tiny_state_dict, True)
+    z = vae.encode(_image()).mean
+    grad = ms.grad(lambda x: (vae.decode(x) + x.sum()).sum())(z).asnumpy()
+    np.testing.assert_array_equal(grad, np.full(z.shape, np.prod(vae.decode(z).shape), np.float32))
+
+
+def test_text_graph_matches_pynative(tiny_config, tiny_state_dict):
+    graph, eager = (_text(tiny_config, tiny_state_dict, mode) for mode in (True, False))
+    runs = [graph.encode(PROMPTS).asnumpy() for _ in range(3)]
+    _assert_close(runs[0], eager.encode(PROMPTS).asnumpy())
+    assert all(np.array_equal(run, runs[0]) for run in runs)
+
+
+def test_graph_follows_weights_loaded_after_its_first_call(tiny_config, tiny_state_dict):
+    vae = _vae(tiny_config, tiny_state_dict, True)
+    z = vae.encode(_image()).mean
+    before = vae.decode(z).asnumpy()  # compiled here
+    shifted = {"first_stage_model.decoder.conv_out.bias":
+               tiny_state_dict["first_stage_model.decoder.conv_out.bias"] + 1}
+    load_state_dict_into(vae, shifted, prefix="first_stage_model.", strict=False)
+    _assert_close(vae.decode(z).asnumpy(), before + 1)
+
+    emb = _text(tiny_config, tiny_state_dict, True)
+    first = emb.encode(PROMPTS).asnumpy()
+    shifted = {"cond_stage_model.model.ln_final.bias": tiny_state_dict["cond_stage_model.model.ln_final.bias"] + 1}
+    load_state_dict_into(emb.model, shifted, prefix="cond_stage_model.model.", strict=False)
+    _assert_close(emb.encode(PROMPTS).asnumpy(), first + 1)
+
+
+@pytest.mark.parametrize("cast_weights", [False, True])
+def test_graph_follows_a_dtype_change_after_its_first_call(tiny_config, tiny_state_dict, cast_weights):
+    graph, eager = (_text(tiny_config, tiny_state_dict, mode) for mode in (True, False))
+    graph.encode(PROMPTS)  # compiled for float32
+    for emb in (graph, eager):
+        emb.dtype = ms.float16
+        if cast_weights:
+            for p in emb.get_parameters():
+                p.set_dtype(ms.float16)
+    got, want = graph.encode(PROMPTS), eager.encode(PROMPTS)
+    assert got.dtype == want.dtype == ms.float16
+    # a few float16 ulps (7e-4 of the largest value each): the graph rounds its casts in another order
+    _assert_close(got.asnumpy(), want.asnumpy(), rtol=3e-3)
