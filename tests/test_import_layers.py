@@ -95,8 +95,23 @@ def test_import_sets_no_environment_variable(module):
     code = ("import os, sys, json; before = dict(os.environ); import " + module +
             "; print(json.dumps(sorted(set(os.environ.items()) ^ set(before.items()))))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p.parent) for p in PACKAGES.values()))
-    for key in ("MS_DEV_HOST_BLOCKING_RUN", "GLOG_v"):
+    for key in ("MS_DEV_HOST_BLOCKING_RUN", "GLOG_v", "OMP_WAIT_POLICY"):
         env.pop(key, None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_setup_runtime_sets_the_cpu_environment_it_documents():
+    code = ("import os, json; from mvdream.runtime import setup_runtime; setup_runtime('CPU'); "
+            "print(json.dumps([os.environ.get(k) for k in ('MS_DEV_HOST_BLOCKING_RUN', 'OMP_WAIT_POLICY', 'GLOG_v')]))")
+    env = dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
+    for key in ("MS_DEV_HOST_BLOCKING_RUN", "GLOG_v", "OMP_WAIT_POLICY"):
+        env.pop(key, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == '["1", "PASSIVE", "3"]'
+    # a value the user set is kept
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == '["1", "ACTIVE", "3"]'

@@ -30,13 +30,18 @@ def setup_runtime(device_target=None, threads=None, report=None) -> str:
 
     * environment (only where not set already): ``MS_DEV_HOST_BLOCKING_RUN=1`` (PyNative on CPU
       otherwise spin-waits on its host queue, 3-4x slower; read when the runtime starts, so this
-      must run before the first op) and ``GLOG_v=3`` (quiet C++ log);
+      must run before the first op), ``OMP_WAIT_POLICY=PASSIVE`` (the fused CPU kernels' OpenMP
+      threads otherwise spin between calls against MindSpore's own on the same cores: the text
+      encoder's graph 0.48 s instead of 0.70 s, the VAE encoder's forward+backward 3% faster,
+      the UNet within 3%; read when the OpenMP runtime loads, on the kernels' first use) and
+      ``GLOG_v=3`` (quiet C++ log);
     * PyNative mode on ``device_target`` (None: ``detect_device_target()``, and the choice is
       reported with ``report(line)``, default: this module's logger at INFO);
     * ``threads`` caps the CPU kernel threads (default on CPU: the core count; MindSpore's
       default of 25 oversubscribes small machines).
     """
     os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("GLOG_v", "3")
     import mindspore as ms
 
