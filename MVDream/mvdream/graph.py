@@ -1,7 +1,7 @@
 """Frozen, never-differentiated forwards run as static graphs (``ms.jit``) in the PyNative program.
 
 A compiled graph skips PyNative's per-op dispatch: on 2 CPU cores the ViT-H text encoder runs in
-about 0.6x its PyNative time (README, "Speed").
+0.45x its PyNative time and the VAE decoder in 0.82x (README, "Notes for CPU runs").
 
 Forward only. On MindSpore 2.7.1 the input gradient of a jit graph called from PyNative
 autodiff is right on the first call and wrong from the second on (measured on the VAE encoder,
