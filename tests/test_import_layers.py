@@ -17,6 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"mvdream": REPO / "MVDream" / "mvdream", "threestudio": REPO / "MVDream-threestudio" / "threestudio"}
 ENTRY_POINTS = ("launch", "extract_color_mesh")
+RUNTIME_ENV = ("MS_DEV_HOST_BLOCKING_RUN", "OMP_WAIT_POLICY", "GLOG_v")  # what setup_runtime sets
 
 
 def module_name(package: str, path: Path) -> str:
@@ -95,7 +96,7 @@ def test_import_sets_no_environment_variable(module):
     code = ("import os, sys, json; before = dict(os.environ); import " + module +
             "; print(json.dumps(sorted(set(os.environ.items()) ^ set(before.items()))))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p.parent) for p in PACKAGES.values()))
-    for key in ("MS_DEV_HOST_BLOCKING_RUN", "GLOG_v", "OMP_WAIT_POLICY"):
+    for key in RUNTIME_ENV:
         env.pop(key, None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -104,9 +105,9 @@ def test_import_sets_no_environment_variable(module):
 
 def test_setup_runtime_sets_the_cpu_environment_it_documents():
     code = ("import os, json; from mvdream.runtime import setup_runtime; setup_runtime('CPU'); "
-            "print(json.dumps([os.environ.get(k) for k in ('MS_DEV_HOST_BLOCKING_RUN', 'OMP_WAIT_POLICY', 'GLOG_v')]))")
+            f"print(json.dumps([os.environ.get(k) for k in {RUNTIME_ENV!r}]))")
     env = dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
-    for key in ("MS_DEV_HOST_BLOCKING_RUN", "GLOG_v", "OMP_WAIT_POLICY"):
+    for key in RUNTIME_ENV:
         env.pop(key, None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
