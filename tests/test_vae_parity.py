@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from mvdream.checkpoint import load_state_dict_into
 from mvdream.ldm.models.autoencoder import AutoencoderKL
 from mvdream.ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from mvdream.ldm.modules.torch_layers import Conv2d
 
 pytestmark = [pytest.mark.parity]
 
@@ -43,6 +44,14 @@ def test_parameters_match_checkpoint(vae, tiny_state_dict):
     expected = {k: tuple(v.shape) for k, v in tiny_state_dict.items() if k.startswith(PREFIX)}
     assert names == expected
     assert sum(int(np.prod(s)) for s in names.values()) == 658_375
+
+
+def test_autoencoder_is_frozen(vae):
+    """Inference only: no parameter requires grad, every convolution's backward is the input's
+    gradient only (test_encoder_gradient checks that gradient against the original)."""
+    assert vae.trainable_params() == []
+    convs = [cell for _, cell in vae.cells_and_names() if isinstance(cell, Conv2d)]
+    assert len(convs) > 10 and not any(conv.weight_grad for conv in convs)
 
 
 def test_encode(vae, goldens):

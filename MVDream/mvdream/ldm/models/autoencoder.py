@@ -5,7 +5,7 @@ from mindspore import Parameter, Tensor, nn
 from ...graph import GraphFunction
 from ..modules.diffusionmodules.model import Decoder, Encoder
 from ..modules.distributions.distributions import DiagonalGaussianDistribution
-from ..modules.torch_layers import Conv2d
+from ..modules.torch_layers import Conv2d, freeze
 
 
 class AutoencoderKL(nn.Cell):
@@ -17,7 +17,7 @@ class AutoencoderKL(nn.Cell):
     discriminator) are out of scope, and MVDream's config uses ``torch.nn.Identity``.
     ``ema_decay``/``learn_logvar`` (training-only) are not supported.
 
-    ``graph_mode`` runs the decoder as a static graph (``mvdream.graph``). The encoder stays in
+    Its parameters never require grad. ``graph_mode`` runs the decoder as a static graph (``mvdream.graph``). The encoder stays in
     PyNative: it is differentiated (x0-SDS), and a graph's gradients are not reliable.
     """
 
@@ -50,6 +50,9 @@ class AutoencoderKL(nn.Cell):
             self.monitor = monitor
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
+        # Inference only, as the original's first stage (which LatentDiffusion freezes): with
+        # no weight requiring grad, the encoder's backward computes the input's gradient only.
+        freeze(self)
 
     def init_from_ckpt(self, path, ignore_keys=()):
         """Load a PyTorch checkpoint non-strictly (as the original does), dropping keys

@@ -69,8 +69,43 @@ class Linear(nn.Cell):
         return y.reshape(shape[:-1] + (self.out_features,))
 
 
+class _FrozenConv(nn.Cell):
+    """Convolution + bias (+ a residual) whose backward computes the input's gradient only.
+
+    PyNative autodiff runs Conv2D's whole backward, the weight's gradient too, even when
+    nothing asks for it (measured: as costly as the input's gradient); PyTorch skips it. The
+    frozen VAE encoder is differentiated in every x0-SDS step, so its convolutions come here.
+    The residual add is inside because a custom backward keeps its output alive: the sum is
+    the next block's input, kept anyway, where the bare convolution's output would be extra
+    memory."""
+
+    def __init__(self, conv, input_grad):
+        super().__init__()
+        self.conv = conv
+        self.input_grad = input_grad
+        self.bias_add = ops.BiasAdd()
+
+    def construct(self, x, weight, bias):
+        return self.bias_add(self.conv(x, weight), bias)
+
+    def bprop(self, x, weight, bias, out, dout):
+        return self.input_grad(dout, weight, x.shape), ops.zeros_like(weight), ops.zeros_like(bias)
+
+
+class _FrozenConvResidual(_FrozenConv):
+    def construct(self, x, weight, bias, residual):
+        return self.bias_add(self.conv(x, weight), bias) + residual
+
+    def bprop(self, x, weight, bias, residual, out, dout):
+        return self.input_grad(dout, weight, x.shape), ops.zeros_like(weight), ops.zeros_like(bias), dout
+
+
 class Conv2d(nn.Cell):
-    """``torch.nn.Conv2d`` (NCHW, symmetric zero padding, groups=1)."""
+    """``torch.nn.Conv2d`` (NCHW, zero padding, groups=1). ``padding`` is an int or, as
+    MindSpore's Conv2D takes it, (top, bottom, left, right).
+
+    ``construct(x, residual)`` returns ``conv(x) + residual``, the skip connection's add.
+    After :func:`freeze` the backward computes only the input's gradient (:class:`_FrozenConv`)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
@@ -78,15 +113,38 @@ class Conv2d(nn.Cell):
         fan_in = in_channels * k[0] * k[1]
         self.weight = Parameter(_uniform_fan_in((out_channels, in_channels, k[0], k[1]), fan_in), name="weight")
         self.bias = Parameter(_uniform_fan_in((out_channels,), fan_in), name="bias") if bias else None
-        self.conv = ops.Conv2D(out_channel=out_channels, kernel_size=tuple(k), mode=1,
-                               pad_mode="pad" if padding else "valid", pad=padding, stride=stride)
+        geometry = dict(out_channel=out_channels, kernel_size=tuple(k), mode=1,
+                        pad_mode="pad" if padding else "valid", pad=padding, stride=stride)
+        self.conv = ops.Conv2D(**geometry)
         self.bias_add = ops.BiasAdd()
+        self.weight_grad = True  # False after freeze(): a plain bool, which graph mode can read
+        if bias:
+            input_grad = ops.Conv2DBackpropInput(**geometry)
+            self.frozen = _FrozenConv(self.conv, input_grad)
+            self.frozen_residual = _FrozenConvResidual(self.conv, input_grad)
 
-    def construct(self, x):
-        y = self.conv(x, _as(self.weight, x.dtype))
+    def construct(self, x, residual=None):
+        weight = _as(self.weight, x.dtype)
+        if self.bias is not None and not self.weight_grad:
+            bias = _as(self.bias, x.dtype)
+            if residual is None:
+                return self.frozen(x, weight, bias)
+            return self.frozen_residual(x, weight, bias, residual)
+        y = self.conv(x, weight)
         if self.bias is not None:
             y = self.bias_add(y, _as(self.bias, x.dtype))
-        return y
+        return y if residual is None else y + residual
+
+
+def freeze(cell):
+    """Freeze ``cell`` for good: no parameter requires grad, and the backward of its
+    convolutions computes only the input's gradient."""
+    for param in cell.get_parameters():
+        param.requires_grad = False
+    for _, sub in cell.cells_and_names():
+        if isinstance(sub, Conv2d):
+            sub.weight_grad = False
+    return cell
 
 
 class GroupNorm(nn.Cell):
