@@ -116,3 +116,19 @@ def test_setup_runtime_sets_the_cpu_environment_it_documents():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == '["1", "ACTIVE", "3"]'
+
+
+def test_setup_runtime_sizes_the_cpu_memory_pool():
+    """One first block of half the physical memory, or a size the caller set before is kept."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    code = ("import mindspore as ms; from mvdream.runtime import setup_runtime, cpu_pool_size_gb; {before}"
+            "setup_runtime('CPU'); setup_runtime('CPU'); print(cpu_pool_size_gb())\n"
+            "try:\n    ms.runtime.set_memory(init_size='3GB')\nexcept RuntimeError as err:\n    print(err)")
+    env = dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
+    for before in ("", "ms.runtime.set_memory(init_size='3GB'); "):
+        out = subprocess.run([sys.executable, "-c", code.format(before=before)], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        size, error = out.stdout.strip().splitlines()[-2:]
+        assert int(size) == max(2, (physical // 2) >> 30)
+        assert "can not be set repeatedly" in error  # configured once, by setup_runtime or the caller

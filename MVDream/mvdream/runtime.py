@@ -9,6 +9,18 @@ logger = logging.getLogger(__name__)
 # Devices in order of preference when none is given.
 DEVICE_TARGETS = ("Ascend", "GPU", "CPU")
 
+# The CPU memory pool's first block, as a fraction of physical memory. MindSpore's default
+# (2 GB blocks) fragments across blocks: the VAE encoder's forward+backward at 4 x 256^2 peaks
+# at 4.8 GB in its first call and at 5.6 GB from its second on; with one large block, 4.8 GB
+# every call. It is address space, not memory: pages count once they are touched.
+CPU_POOL_FRACTION = 0.5
+
+
+def cpu_pool_size_gb() -> int:
+    """The CPU memory pool's first block in whole GB (at least 2, MindSpore's default)."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(2, int(physical * CPU_POOL_FRACTION) >> 30)
+
 
 def detect_device_target() -> str:
     """The best device this MindSpore build can use here: Ascend, then GPU, then CPU."""
@@ -38,7 +50,9 @@ def setup_runtime(device_target=None, threads=None, report=None) -> str:
     * PyNative mode on ``device_target`` (None: ``detect_device_target()``, and the choice is
       reported with ``report(line)``, default: this module's logger at INFO);
     * ``threads`` caps the CPU kernel threads (default on CPU: the core count; MindSpore's
-      default of 25 oversubscribes small machines).
+      default of 25 oversubscribes small machines);
+    * on CPU, the memory pool starts as one block of ``cpu_pool_size_gb()`` (see
+      ``CPU_POOL_FRACTION``), unless ``mindspore.runtime.set_memory`` was called already.
     """
     os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -51,8 +65,13 @@ def setup_runtime(device_target=None, threads=None, report=None) -> str:
                                 "pass --device_target to choose)")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device(device_target)
-    if threads is None and device_target == "CPU":
-        threads = os.cpu_count() or 1
+    if device_target == "CPU":
+        try:
+            ms.runtime.set_memory(init_size=f"{cpu_pool_size_gb()}GB")
+        except RuntimeError:
+            pass  # set already in this process (by the caller, or a second call): keep it
+        if threads is None:
+            threads = os.cpu_count() or 1
     if threads:
         try:
             ms.device_context.cpu.op_tuning.threads_num(int(threads))
