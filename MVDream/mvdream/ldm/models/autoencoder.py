@@ -17,8 +17,9 @@ class AutoencoderKL(nn.Cell):
     discriminator) are out of scope, and MVDream's config uses ``torch.nn.Identity``.
     ``ema_decay``/``learn_logvar`` (training-only) are not supported.
 
-    Its parameters never require grad. ``graph_mode`` runs the decoder as a static graph (``mvdream.graph``). The encoder stays in
-    PyNative: it is differentiated (x0-SDS), and a graph's gradients are not reliable.
+    Its parameters never require grad. ``graph_mode`` runs the decoder as a static graph
+    (``mvdream.graph``). The encoder stays in PyNative: it is differentiated (x0-SDS), and a
+    graph's gradients are not reliable.
     """
 
     def __init__(self, ddconfig, embed_dim, lossconfig=None, ckpt_path=None, ignore_keys=(),
