@@ -47,8 +47,8 @@ def test_norms_and_linear_match_reference():
 
 
 def _input_grads(conv, x, residual, weights):
-    """Gradients of a fixed weighted sum of ``conv(x, residual)`` w.r.t. x, residual and
-    (when ``residual`` is not None) ``weights``."""
+    """Gradients of ``sum(conv(x, residual) * weights)`` w.r.t. x and, when ``residual`` is
+    not None, w.r.t. the residual too."""
     def loss(x, residual):
         return (conv(x, residual=residual) * weights).sum()
     if residual is None:
