@@ -1,6 +1,7 @@
 """The fused CPU kernels (mvdream.kernels.norm_act) and the layers that use them compute
 GroupNorm(+SiLU), LayerNorm, erf-GELU and GEGLU and their gradients as float64 NumPy does;
-MindSpore's own ops (the path of other device targets) give the same numbers."""
+MindSpore's own ops (the path of other device targets) give the same numbers. The same holds
+for the few-rows Linear's oneDNN GEMM (mvdream.kernels.linear)."""
 import math
 
 import mindspore as ms
@@ -8,9 +9,10 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
+from mvdream.kernels.linear import cpu_linear
 from mvdream.kernels.norm_act import cpu_kernels
 from mvdream.ldm.modules.attention import GEGLU
-from mvdream.ldm.modules.torch_layers import GELU, GroupNorm, LayerNorm
+from mvdream.ldm.modules.torch_layers import GELU, GroupNorm, LayerNorm, Linear
 
 _erf = np.vectorize(math.erf)
 
@@ -76,8 +78,16 @@ def _random_affine(cell, rng):
 
 
 def test_layers_use_the_fused_kernels_on_cpu():
+    from mvdream.ldm.modules.encoders.open_clip_text import TextTransformer
+    from mvdream.ldm.modules.torch_layers import Affine
+
     assert ms.get_context("device_target") == "CPU" and cpu_kernels() is not None
     assert all(cell.fused is not None for cell in (GroupNorm(2, 4), LayerNorm(4), GELU(), GEGLU(4, 4)))
+    # The text encoder's GEMMs are few-rows ones (oneDNN); a default Linear (the UNet's) is not.
+    text = TextTransformer(8, context_length=5, vocab_size=11, width=8, heads=2, layers=1)
+    affines = [cell for _, cell in text.cells_and_names() if isinstance(cell, Affine)]
+    assert len(affines) == 4 and all(cell.fused is not None for cell in affines)
+    assert Linear(4, 4).affine.fused is None
 
 
 @pytest.mark.parametrize("silu", [False, True])
@@ -163,15 +173,17 @@ def test_a_sample_computes_bitwise_the_same_alone_and_at_an_odd_offset_in_a_batc
         np.testing.assert_array_equal(g_all[i], g_one[0], err_msg=f"{op} input gradient, sample {i}")
 
 
-def test_linear_rows_are_bitwise_the_same_in_any_batch():
-    # Below ~32 rows MindSpore's CPU MatMul takes a kernel that rounds differently (a UNet's
-    # time/camera embeddings at batch 8 vs 16): Linear pads to MIN_ROWS on CPU.
-    from mvdream.ldm.modules.torch_layers import Linear
+@pytest.mark.parametrize("few_rows", [False, True])
+def test_linear_rows_are_bitwise_the_same_in_any_batch(few_rows):
+    # Both CPU GEMMs take another kernel for few rows (MindSpore's MatMul below ~32, as a UNet's
+    # time/camera embeddings at batch 8 vs 16; oneDNN's sgemm below 16): Linear pads to
+    # MIN_ROWS on CPU. Above that oneDNN's rows do not depend on the batch (checked to 2000).
     rng = np.random.default_rng(6)
-    lin = Linear(320, 1280)
-    x = rng.standard_normal((16, 320)).astype(np.float32)
+    lin = Linear(320, 1280, few_rows=few_rows)
+    assert (lin.affine.fused is not None) == few_rows
+    x = rng.standard_normal((200, 320)).astype(np.float32)
     full = lin(Tensor(x)).asnumpy()
-    for part in (slice(8, 16), slice(3, 4), slice(0, 2)):
+    for part in (slice(8, 16), slice(3, 4), slice(0, 2), slice(0, 77), slice(77, 200), slice(5, 105)):
         np.testing.assert_array_equal(lin(Tensor(x[part])).asnumpy(), full[part])
 
     def run(t):
@@ -180,3 +192,35 @@ def test_linear_rows_are_bitwise_the_same_in_any_batch():
     np.testing.assert_array_equal(ms.jit(run)(Tensor(x[:2])).asnumpy(), full[:2])
     np.testing.assert_allclose(full, x.astype(np.float64) @ lin.weight.asnumpy().T + lin.bias.asnumpy(),
                                rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_rows_linear_kernel_and_gradients(bias):
+    assert cpu_linear() is not None
+    rng = np.random.default_rng(8)
+    lin = Linear(7, 5, bias=bias, few_rows=True)
+    lin.weight.set_data(Tensor(rng.standard_normal((5, 7)).astype(np.float32)))
+    params = (lin.weight,)
+    if bias:
+        lin.bias.set_data(Tensor(rng.standard_normal(5).astype(np.float32)))
+        params += (lin.bias,)
+    x = rng.standard_normal((2, 3, 7)).astype(np.float32)
+    _check(lin, (lambda t, w, b: t @ w.T + b) if bias else (lambda t, w: t @ w.T), [x], params)
+
+
+def test_few_rows_linear_matches_matmul_at_text_encoder_shapes():
+    # Both paths against float64 at the text encoder's size (2 prompts x 77 tokens, 1024 -> 4096):
+    # sums of 1024 products, so the tolerance is sqrt(K) ulps of the output scale.
+    rng = np.random.default_rng(9)
+    fused, plain = Linear(1024, 4096, few_rows=True), Linear(1024, 4096)
+    plain.weight.set_data(fused.weight.value())
+    plain.bias.set_data(fused.bias.value())
+    x = rng.standard_normal((2, 77, 1024)).astype(np.float32)
+    want = x.astype(np.float64) @ fused.weight.asnumpy().T.astype(np.float64) + fused.bias.asnumpy()
+    for cell in (fused, plain):
+        np.testing.assert_allclose(cell(Tensor(x)).asnumpy(), want, rtol=0, atol=4e-6 * np.abs(want).max())
+
+
+def test_few_rows_linear_falls_back_to_matmul(monkeypatch):
+    monkeypatch.setenv("MVDREAM_CPU_KERNELS", "0")
+    assert cpu_linear() is None and Linear(4, 4, few_rows=True).affine.fused is None

@@ -1,7 +1,8 @@
 """Build-and-cache of the C++ sources behind ``ops.Custom(func_type="aot")`` CPU kernels.
 
-``build_library(source, cache_dir)`` compiles ``source`` with g++ (-O3, OpenMP, and AVX2/FMA
-where the CPU has them) into ``cache_dir``, named by a hash of the source and the flags, so
+``build_library(source, cache_dir, link)`` compiles ``source`` with g++ (-O3, OpenMP, and AVX2/FMA
+where the CPU has them, then the ``link`` arguments) into ``cache_dir``, named by a hash of the
+source and the flags, so
 an edited source rebuilds and concurrent processes never load a half-written library (the
 library is written under a temporary name and renamed). The result of each build, path or
 error, is remembered for the process, so a missing compiler costs one attempt.
@@ -34,12 +35,12 @@ def _cpu_flags():
 
 
 @functools.lru_cache(maxsize=None)
-def _build(source: str, cache_dir: str):
+def _build(source: str, cache_dir: str, link: tuple = ()):
     """(library path, None) or (None, error), once per process and source."""
     try:
         src = Path(source)
         flags = ["-O3", "-std=c++14", "-fopenmp", "-shared", "-fPIC"] + _cpu_flags()
-        digest = hashlib.sha1(src.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+        digest = hashlib.sha1(src.read_bytes() + " ".join(flags + list(link)).encode()).hexdigest()[:12]
         cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
         lib = cache / f"{src.stem}_{digest}.so"
@@ -51,7 +52,7 @@ def _build(source: str, cache_dir: str):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
         os.close(fd)
         try:
-            result = subprocess.run([compiler, *flags, str(src), "-o", tmp], capture_output=True, text=True)
+            result = subprocess.run([compiler, *flags, str(src), "-o", tmp, *link], capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"compiling {src.name} failed: {result.stderr[-2000:]}")
             os.replace(tmp, lib)  # atomic: other processes see either nothing or the whole library
@@ -63,9 +64,10 @@ def _build(source: str, cache_dir: str):
         return None, err
 
 
-def build_library(source, cache_dir=None) -> str:
-    """Path of the compiled shared library of ``source``; raises the build error."""
-    lib, err = _build(str(source), str(cache_dir or default_cache_dir()))
+def build_library(source, cache_dir=None, link=()) -> str:
+    """Path of the compiled shared library of ``source`` (``link``: extra linker arguments, e.g.
+    a library to link against); raises the build error."""
+    lib, err = _build(str(source), str(cache_dir or default_cache_dir()), tuple(link))
     if err is not None:
         raise err
     return lib

@@ -8,12 +8,12 @@ fallback). Inputs must be float32 and contiguous.
 """
 import functools
 import logging
-import os
 from pathlib import Path
 
 import mindspore as ms
 from mindspore import ops
 
+from . import cpu_kernels_enabled
 from .build import build_library
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,4 @@ def _kernels():
 
 def cpu_kernels():
     """The fused kernels when the device target is CPU and they build, else None."""
-    if ms.get_context("device_target") != "CPU" or os.environ.get("MVDREAM_CPU_KERNELS", "1") == "0":
-        return None
-    return _kernels()
+    return _kernels() if cpu_kernels_enabled() else None

@@ -18,6 +18,7 @@ from mindspore import Parameter, nn, ops
 from mindspore import Tensor
 from mindspore.common.initializer import Uniform, Normal, initializer
 
+from ...kernels.linear import cpu_linear
 from ...kernels.norm_act import cpu_kernels
 
 
@@ -37,36 +38,60 @@ def _as(t, dtype):
     return t if t.dtype == dtype else t.astype(dtype)
 
 
-class Linear(nn.Cell):
-    """``torch.nn.Linear``: ``weight`` is (out, in), ``bias`` is (out,)."""
+class Affine(nn.Cell):
+    """``x @ weight.T + bias`` over the last dimension of ``x``, for weights held elsewhere
+    (:class:`Linear`, the text encoder's packed ``in_proj_weight``); no parameters of its own.
 
-    def __init__(self, in_features, out_features, bias=True):
+    ``few_rows``: the layer multiplies a few hundred rows at most (the text encoder's 77 tokens
+    per prompt). On CPU in float32 it then runs oneDNN's sgemm (:mod:`mvdream.kernels.linear`),
+    about twice MindSpore's MatMul rate there; at the UNet's thousands of rows MindSpore's
+    MatMul is as fast and needs less memory, so the choice is the layer's, never the call's
+    (a sample's output must not depend on its batch)."""
+
+    def __init__(self, few_rows=False):
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.weight = Parameter(_uniform_fan_in((out_features, in_features), in_features), name="weight")
-        self.bias = Parameter(_uniform_fan_in((out_features,), in_features), name="bias") if bias else None
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
-        # MindSpore's CPU MatMul takes another kernel below ~32 rows, whose sums round
-        # differently: padding to MIN_ROWS keeps a sample's output the same alone or in a batch
-        # (data-parallel ranks, half batches, reproduce one process).
+        self.fused = cpu_linear() if few_rows else None
+        # Both CPU GEMMs take another kernel for few rows (MindSpore's below ~32, oneDNN's below
+        # 16), whose sums round differently: padding to MIN_ROWS keeps a sample's output the
+        # same alone or in a batch (data-parallel ranks, half batches, reproduce one process).
         self.min_rows = MIN_ROWS if ms.get_context("device_target") == "CPU" else 0
 
-    def construct(self, x):
+    def construct(self, x, weight, bias=None):
         shape = x.shape
+        out_features = weight.shape[0]
         # contiguous(): reshaping a non-contiguous view (transpose, chunk, broadcast)
         # corrupts the heap on MindSpore 2.7.1 CPU with MS_DEV_HOST_BLOCKING_RUN=1.
         x2 = x.contiguous().reshape(-1, shape[-1])
         rows = x2.shape[0]
         if rows < self.min_rows:
             x2 = ops.pad(x2, (0, 0, 0, self.min_rows - rows))
-        y = self.matmul(x2, _as(self.weight, x.dtype))
+        if self.fused is not None and x.dtype == ms.float32 and weight.dtype == ms.float32:
+            y = self.fused(x2, weight, ops.zeros((out_features,), ms.float32) if bias is None else bias)
+        else:
+            y = self.matmul(x2, _as(weight, x.dtype))
+            if bias is not None:
+                y = self.bias_add(y, _as(bias, x.dtype))  # fused into one pass over y
         if rows < self.min_rows:
             y = y[:rows].contiguous()
-        if self.bias is not None:
-            y = self.bias_add(y, _as(self.bias, x.dtype))  # fused into one pass over y
-        return y.reshape(shape[:-1] + (self.out_features,))
+        return y.reshape(shape[:-1] + (out_features,))
+
+
+class Linear(nn.Cell):
+    """``torch.nn.Linear``: ``weight`` is (out, in), ``bias`` is (out,). ``few_rows``: see
+    :class:`Affine`."""
+
+    def __init__(self, in_features, out_features, bias=True, few_rows=False):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = Parameter(_uniform_fan_in((out_features, in_features), in_features), name="weight")
+        self.bias = Parameter(_uniform_fan_in((out_features,), in_features), name="bias") if bias else None
+        self.affine = Affine(few_rows)
+
+    def construct(self, x):
+        return self.affine(x, self.weight, self.bias)
 
 
 class _FrozenConv(nn.Cell):

@@ -18,7 +18,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, XavierUniform, initializer
 
 from ..attention import attention
-from ..torch_layers import GELU, Embedding, Identity, LayerNorm, Linear
+from ..torch_layers import GELU, Affine, Embedding, Identity, LayerNorm, Linear
 
 _CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
 
@@ -125,14 +125,13 @@ class MultiheadAttention(nn.Cell):
         self.in_proj_weight = Parameter(initializer(XavierUniform(), (3 * embed_dim, embed_dim), ms.float32),
                                         name="in_proj_weight")
         self.in_proj_bias = Parameter(initializer("zeros", (3 * embed_dim,), ms.float32), name="in_proj_bias")
-        self.out_proj = Linear(embed_dim, embed_dim)
-        self.matmul_t = ops.MatMul(transpose_b=True)
+        # few rows: prompts x 77 tokens (see Affine)
+        self.out_proj = Linear(embed_dim, embed_dim, few_rows=True)
+        self.in_proj = Affine(few_rows=True)
 
     def construct(self, x, attn_mask=None):
-        n, length, d = x.shape
-        dtype = x.dtype
-        qkv = self.matmul_t(x.reshape(-1, d), self.in_proj_weight.astype(dtype)) + self.in_proj_bias.astype(dtype)
-        q, k, v = ops.split(qkv.reshape(n, length, 3 * d), d, axis=-1)
+        d = x.shape[-1]
+        q, k, v = ops.split(self.in_proj(x, self.in_proj_weight, self.in_proj_bias), d, axis=-1)
         out = attention(q, k, v, self.num_heads, self.scale, attn_bias=attn_mask)
         return self.out_proj(out)
 
@@ -142,9 +141,9 @@ class MLP(nn.Cell):
 
     def __init__(self, width, hidden, act):
         super().__init__()
-        self.c_fc = Linear(width, hidden)
+        self.c_fc = Linear(width, hidden, few_rows=True)
         self.gelu = act
-        self.c_proj = Linear(hidden, width)
+        self.c_proj = Linear(hidden, width, few_rows=True)
 
     def construct(self, x):
         return self.c_proj(self.gelu(self.c_fc(x)))
