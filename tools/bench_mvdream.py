@@ -15,7 +15,9 @@ whose driver gives the MindSpore/PyTorch ratios), for the project alone:
   graph     text and decode, graph mode (the default) against PyNative (graph_mode=False), calls
             alternating in one process; prints each side's median and their ratio
   hashgrid  hash grid (16 levels x 2, 2^19, base 16) forward + backward to the table, 2^20 points
-  layers    single layers at UNet shapes (fp32 only; median of 5 calls each, seconds per call)
+  layers    single layers at UNet shapes, and the text encoder's widest Linear both ways (few_rows:
+            oneDNN's sgemm on CPU, against MindSpore's MatMul); fp32 only, median of 5 calls each,
+            seconds per call
 """
 import argparse
 import json
@@ -170,7 +172,8 @@ def _graph_against_pynative(rng, repeats):
 
 
 def _layers(rng):
-    """Seconds per call (median of 5 after a warm-up) of the project's layers at UNet shapes."""
+    """Seconds per call (median of 5 after a warm-up) of the project's layers at UNet shapes and of
+    the text encoder's c_fc (2 prompts x 77 tokens, 1024 -> 4096) with and without ``few_rows``."""
     import numpy as np
     import mindspore as ms
     from mindspore import Tensor
@@ -182,6 +185,8 @@ def _layers(rng):
     xg = Tensor(rng.standard_normal((2, 4096, 1280)).astype(np.float32))
     gn, ln, lin, gelu, geglu = GroupNorm(32, 320), LayerNorm(320), Linear(320, 2560), GELU(), GEGLU(320, 1280)
     gn_grad = ms.grad(lambda x: (gn(x, silu=True) * x4).sum())
+    xt = Tensor(rng.standard_normal((154, 1024)).astype(np.float32))
+    text_fc = {few_rows: Linear(1024, 4096, few_rows=few_rows) for few_rows in (True, False)}
     cases = {
         "groupnorm (8,320,32,32)": lambda: gn(x4),
         "groupnorm+silu (8,320,32,32)": lambda: gn(x4, silu=True),
@@ -190,6 +195,8 @@ def _layers(rng):
         "linear 8192x320->2560": lambda: lin(x3),
         "gelu_erf (2,4096,1280)": lambda: gelu(xg),
         "geglu 8192x320->2x1280": lambda: geglu(x3),
+        "linear 154x1024->4096 few_rows": lambda: text_fc[True](xt),
+        "linear 154x1024->4096 MatMul": lambda: text_fc[False](xt),
     }
     rows = {}
     for name, fn in cases.items():
