@@ -12,7 +12,8 @@ from mindspore import Tensor
 from mvdream.kernels.linear import cpu_linear
 from mvdream.kernels.norm_act import cpu_kernels
 from mvdream.ldm.modules.attention import GEGLU
-from mvdream.ldm.modules.torch_layers import GELU, GroupNorm, LayerNorm, Linear
+from mvdream.ldm.modules.encoders.open_clip_text import TextTransformer
+from mvdream.ldm.modules.torch_layers import GELU, Affine, GroupNorm, LayerNorm, Linear
 
 _erf = np.vectorize(math.erf)
 
@@ -78,9 +79,6 @@ def _random_affine(cell, rng):
 
 
 def test_layers_use_the_fused_kernels_on_cpu():
-    from mvdream.ldm.modules.encoders.open_clip_text import TextTransformer
-    from mvdream.ldm.modules.torch_layers import Affine
-
     assert ms.get_context("device_target") == "CPU" and cpu_kernels() is not None
     assert all(cell.fused is not None for cell in (GroupNorm(2, 4), LayerNorm(4), GELU(), GEGLU(4, 4)))
     # The text encoder's GEMMs are few-rows ones (oneDNN); a default Linear (the UNet's) is not.
