@@ -6,8 +6,10 @@ import pytest
 from mindspore import Tensor
 from omegaconf import OmegaConf
 
+import threestudio
 from mvdream.checkpoint import load_state_dict_into
 from mvdream.ldm.models.autoencoder import AutoencoderKL
+from mvdream.ldm.modules.diffusionmodules.openaimodel import MultiViewUNetModel
 from mvdream.ldm.modules.encoders.modules import FrozenOpenCLIPEmbedder
 
 PROMPTS = ["a cat wearing a hat", ""]
@@ -93,3 +95,55 @@ def test_graph_follows_a_dtype_change_after_its_first_call(tiny_config, tiny_sta
     assert got.dtype == want.dtype == ms.float16
     # a few float16 ulps (7e-4 of the largest value each): the graph rounds its casts in another order
     _assert_close(got.asnumpy(), want.asnumpy(), rtol=3e-3)
+
+
+def _unet(tiny_config, tiny_state_dict, graph_mode):
+    unet = MultiViewUNetModel(**tiny_config.model.params.unet_config.params, graph_mode=graph_mode)
+    unet.set_train(False)
+    load_state_dict_into(unet, tiny_state_dict, prefix="model.diffusion_model.", strict=True)
+    return unet
+
+
+def test_unet_graph_matches_pynative(tiny_config, tiny_state_dict, parity_dir):
+    golden = np.load(parity_dir / "unet_tiny.npz")
+    inputs = [Tensor(golden[name]) for name in ("x", "timesteps", "context", "camera")]
+    graph, eager = (_unet(tiny_config, tiny_state_dict, mode) for mode in (True, False))
+    runs = [graph(*inputs, num_frames=4).asnumpy() for _ in range(2)]
+    _assert_close(runs[0], eager(*inputs, num_frames=4).asnumpy())
+    assert np.array_equal(runs[1], runs[0])
+    assert len(graph.forward_graph.signatures) == 1
+    with pytest.raises(ValueError, match="divisible by num_frames=3"):  # checked before any compile
+        graph(*inputs, num_frames=3)
+
+
+def _guidance(parity_dir, unet_graph_mode):
+    return threestudio.find("multiview-diffusion-guidance")({
+        "config_path": str(parity_dir / "tiny_mvdream.yaml"), "ckpt_path": str(parity_dir / "tiny_mvdream.pt"),
+        "half_precision_weights": False, "n_view": 4, "image_size": 16, "seed": 0,
+        "unet_graph_mode": unet_graph_mode})
+
+
+def test_sds_gradients_with_a_graph_unet_match_pynative(parity_dir):
+    """x0-SDS runs the UNet inside the training step's autodiff, as a constant: the loss and the
+    gradient of the rendered images equal PyNative's on every call, not only the first (a jit
+    graph's input gradient under PyNative autodiff goes wrong from the second call on)."""
+    guidances = {mode: _guidance(parity_dir, mode) for mode in (True, False)}
+    assert [g.model.model.diffusion_model.graph_mode for g in guidances.values()] == [True, False]
+    rng = np.random.default_rng(0)
+    c2w = Tensor(np.tile(np.eye(4, dtype=np.float32), (4, 1, 1)))
+    embeddings = Tensor(rng.standard_normal((8, 77, 64)).astype(np.float32))
+    for timestep in (700, 300, 500):
+        rgb = Tensor(rng.uniform(0, 1, (4, 16, 16, 3)).astype(np.float32))
+        noise = Tensor(rng.standard_normal((4, 4, 8, 8)).astype(np.float32))
+        posterior_noise = Tensor(rng.standard_normal((4, 4, 8, 8)).astype(np.float32))
+        results = {}
+        for mode, guidance in guidances.items():
+            def loss_of(images, guidance=guidance):
+                return guidance(images, None, None, None, None, c2w, timestep=timestep, noise=noise,
+                                text_embeddings=embeddings, posterior_noise=posterior_noise)["loss_sds"]
+            results[mode] = ms.value_and_grad(loss_of)(rgb)
+        (graph_loss, graph_grad), (eager_loss, eager_grad) = results[True], results[False]
+        _assert_close(graph_loss.asnumpy(), eager_loss.asnumpy())
+        _assert_close(graph_grad.asnumpy(), eager_grad.asnumpy())
+    # one graph, compiled at the first call and reused by the others
+    assert len(guidances[True].model.model.diffusion_model.forward_graph.signatures) == 1

@@ -90,11 +90,13 @@ def test_shipped_configs(tiny_config):
             unet.num_head_channels, unet.camera_dim) == (320, [1, 2, 4, 4], [4, 2, 1], 1024, 64, 16)
     assert v2.params.first_stage_config.params.ddconfig.ch == 128
     assert dict(v2.params.cond_stage_config.params) == {"freeze": True, "layer": "penultimate"}
-    # same schema as the tiny parity config (which only adds the text tower's arch/version/device)
+    # same schema as the tiny parity config (which only adds the text tower's arch/version/device),
+    # plus the port's graph-mode UNet
+    assert unet.graph_mode is True
     flat = lambda c: set(OmegaConf.to_container(c, resolve=True).keys())  # noqa: E731
     tiny = tiny_config.model
     assert flat(v2.params) == flat(tiny.params)
-    assert flat(v2.params.unet_config.params) == flat(tiny.params.unet_config.params)
+    assert flat(v2.params.unet_config.params) == flat(tiny.params.unet_config.params) | {"graph_mode"}
     assert flat(v2.params.first_stage_config.params.ddconfig) == flat(tiny.params.first_stage_config.params.ddconfig)
     v1 = load_model_config("sd-v1.5-4view")
     assert v1.params.unet_config.params.context_dim == 768 and v1.params.unet_config.params.num_heads == 8

@@ -17,12 +17,13 @@ again when they changed.
 from typing import Callable, Hashable, Optional
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Tensor, nn, ops
 
 
 class GraphFunction:
-    """``fn(*tensors)`` compiled by ``ms.jit`` (once per input signature), or ``fn`` itself when
-    ``enabled`` is false; either way no gradient flows through it.
+    """``fn(*args)`` compiled by ``ms.jit`` (once per input signature), or ``fn`` itself when
+    ``enabled`` is false; either way no gradient flows through it. ``args`` are tensors, or
+    constants of the graph (``None``, ints) that are part of its signature.
 
     ``fn`` reads the parameters of ``cell`` and whatever ``depends_on()`` returns (e.g. a compute
     dtype): when either changes, the next call compiles a new graph. ``fn`` must be a plain
@@ -39,13 +40,18 @@ class GraphFunction:
         self._compiled = {}  # one ms.jit wrapper per input signature
         self._key = None
 
-    def __call__(self, *tensors):
+    @property
+    def signatures(self):
+        """The input signatures compiled for the current weights."""
+        return list(self._compiled)
+
+    def __call__(self, *args):
         if not self.enabled:
-            return ops.stop_gradient(self.fn(*tensors))
+            return ops.stop_gradient(self.fn(*args))
         key = (tuple(p.data_ptr() for p in self.cell.get_parameters()), self.depends_on())
         if key != self._key:
             self._compiled, self._key = {}, key
-        signature = tuple((t.shape, t.dtype) for t in tensors)
+        signature = tuple((a.shape, a.dtype) if isinstance(a, Tensor) else a for a in args)
         if signature not in self._compiled:
             self._compiled[signature] = ms.jit(self.fn)
-        return ops.stop_gradient(self._compiled[signature](*tensors))
+        return ops.stop_gradient(self._compiled[signature](*args))
