@@ -145,9 +145,9 @@ class MultiViewUNetModel(nn.Cell):
 
     Port option ``graph_mode``: run the forward as a static graph (``mvdream.graph``). At full
     size on 2 CPU cores: the same numbers in 0.73x (AMD EPYC) to 0.9x (Intel Xeon) the PyNative
-    time, after a one-off compile of ~40 s, with ~0.3 GB more peak memory per sample of the batch. Its output is then
-    a constant to autodiff, as DDIM and the SDS guidance need; leave it off to differentiate
-    through the UNet.
+    time, after a one-off compile of ~40 s, with ~0.3 GB more peak memory per sample of the
+    batch. Its output is then a constant to autodiff, as DDIM and the SDS guidance need; leave
+    it off to differentiate through the UNet.
     """
 
     def __init__(self, image_size, in_channels, model_channels, out_channels, num_res_blocks,
