@@ -6,11 +6,11 @@ import pytest
 from mindspore import Tensor
 from omegaconf import OmegaConf
 
-import threestudio
 from mvdream.checkpoint import load_state_dict_into
 from mvdream.ldm.models.autoencoder import AutoencoderKL
 from mvdream.ldm.modules.diffusionmodules.openaimodel import MultiViewUNetModel
 from mvdream.ldm.modules.encoders.modules import FrozenOpenCLIPEmbedder
+from test_guidance_parity import make_guidance
 
 PROMPTS = ["a cat wearing a hat", ""]
 
@@ -116,18 +116,11 @@ def test_unet_graph_matches_pynative(tiny_config, tiny_state_dict, parity_dir):
         graph(*inputs, num_frames=3)
 
 
-def _guidance(parity_dir, unet_graph_mode):
-    return threestudio.find("multiview-diffusion-guidance")({
-        "config_path": str(parity_dir / "tiny_mvdream.yaml"), "ckpt_path": str(parity_dir / "tiny_mvdream.pt"),
-        "half_precision_weights": False, "n_view": 4, "image_size": 16, "seed": 0,
-        "unet_graph_mode": unet_graph_mode})
-
-
 def test_sds_gradients_with_a_graph_unet_match_pynative(parity_dir):
     """x0-SDS runs the UNet inside the training step's autodiff, as a constant: the loss and the
     gradient of the rendered images equal PyNative's on every call, not only the first (a jit
     graph's input gradient under PyNative autodiff goes wrong from the second call on)."""
-    guidances = {mode: _guidance(parity_dir, mode) for mode in (True, False)}
+    guidances = {mode: make_guidance(parity_dir, unet_graph_mode=mode) for mode in (True, False)}
     assert [g.model.model.diffusion_model.graph_mode for g in guidances.values()] == [True, False]
     rng = np.random.default_rng(0)
     c2w = Tensor(np.tile(np.eye(4, dtype=np.float32), (4, 1, 1)))
