@@ -1,7 +1,8 @@
 """The fused CPU kernels (mvdream.kernels.norm_act) and the layers that use them compute
 GroupNorm(+SiLU), LayerNorm, erf-GELU and GEGLU and their gradients as float64 NumPy does;
 MindSpore's own ops (the path of other device targets) give the same numbers. The same holds
-for the few-rows Linear's oneDNN GEMM (mvdream.kernels.linear)."""
+for the few-rows Linear's oneDNN GEMM (mvdream.kernels.linear) and for the oneDNN direct
+convolution behind Conv2d (mvdream.kernels.conv)."""
 import math
 
 import mindspore as ms
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
+from mvdream.kernels.conv import cpu_conv
 from mvdream.kernels.linear import cpu_linear
 from mvdream.kernels.norm_act import cpu_kernels
 from mvdream.ldm.modules.attention import GEGLU
 from mvdream.ldm.modules.encoders.open_clip_text import TextTransformer
-from mvdream.ldm.modules.torch_layers import GELU, Affine, GroupNorm, LayerNorm, Linear
+from mvdream.ldm.modules.torch_layers import GELU, Affine, Conv2d, GroupNorm, LayerNorm, Linear, freeze
 
 _erf = np.vectorize(math.erf)
 
@@ -222,3 +224,87 @@ def test_few_rows_linear_matches_matmul_at_text_encoder_shapes():
 def test_few_rows_linear_falls_back_to_matmul(monkeypatch):
     monkeypatch.setenv("MVDREAM_CPU_KERNELS", "0")
     assert cpu_linear() is None and Linear(4, 4, few_rows=True).affine.fused is None
+
+
+def _conv(x, w, b, stride, pad, residual=None):
+    """float64 NumPy convolution, ``pad`` = (top, bottom, left, right)."""
+    x = np.pad(x, ((0, 0), (0, 0), pad[:2], pad[2:]))
+    kh, kw = w.shape[2:]
+    oh, ow = (x.shape[2] - kh) // stride + 1, (x.shape[3] - kw) // stride + 1
+    out = np.zeros((x.shape[0], w.shape[0], oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+            out += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+    out += b[None, :, None, None]
+    return out if residual is None else out + residual
+
+
+# The VAE's and the UNet's geometries: 3x3 (stride 1, and stride 2 with the Downsample's
+# (0, 1, 0, 1) padding), 1x1, and an RGB input; channel counts that are no multiple of 8 or 16.
+_CONV_CASES = [(5, 20, 3, 1, (1, 1, 1, 1)), (6, 9, 3, 2, (0, 1, 0, 1)), (3, 17, 3, 1, (1, 1, 1, 1)),
+               (20, 12, 1, 1, (0, 0, 0, 0))]
+
+
+@pytest.mark.parametrize("cin, cout, kernel, stride, padding", _CONV_CASES)
+@pytest.mark.parametrize("residual", [False, True])
+def test_conv_kernel_and_gradients(cin, cout, kernel, stride, padding, residual):
+    rng = np.random.default_rng(10)
+    conv = Conv2d(cin, cout, kernel, stride=stride, padding=padding)
+    assert conv.dnnl is not None
+    x = rng.standard_normal((2, cin, 7, 9)).astype(np.float32)
+    inputs = [x]
+    if residual:
+        inputs.append(rng.standard_normal(conv(Tensor(x)).shape).astype(np.float32))
+    _check(lambda *t: conv(*t), lambda t, *rest: _conv(t, rest[-2], rest[-1], stride, padding,
+                                                       rest[0] if residual else None),
+           inputs, (conv.weight, conv.bias))
+
+
+def test_frozen_conv_kernel_computes_the_input_gradient_only():
+    rng = np.random.default_rng(11)
+    conv = freeze(Conv2d(6, 5, 3, stride=1, padding=1))
+    x = rng.standard_normal((2, 6, 5, 8)).astype(np.float32)
+    w = rng.standard_normal((2, 5, 5, 8))
+    w64, b64 = conv.weight.asnumpy().astype(np.float64), conv.bias.asnumpy().astype(np.float64)
+    (want,) = _numeric_grad(lambda t: _conv(t, w64, b64, 1, (1, 1, 1, 1)), [x.astype(np.float64)], w)
+    loss = lambda t: (conv(t) * Tensor(w.astype(np.float32))).sum()  # noqa: E731
+    got = ms.grad(loss)(Tensor(x)).asnumpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    weight_grad = ms.grad(loss, None, [conv.weight, conv.bias])(Tensor(x))
+    assert not any(g.asnumpy().any() for g in weight_grad)
+
+
+@pytest.mark.parametrize("cin, cout, kernel, stride, padding", _CONV_CASES)
+def test_conv_sample_is_bitwise_the_same_alone_and_in_a_batch(cin, cout, kernel, stride, padding):
+    # Data-parallel ranks see half batches: a sample's output and input gradient must not
+    # depend on the batch it came in (nor on its offset in it).
+    rng = np.random.default_rng(12)
+    conv = freeze(Conv2d(cin, cout, kernel, stride=stride, padding=padding))
+    x = rng.standard_normal((3, cin, 10, 12)).astype(np.float32)
+    w = rng.standard_normal(conv(Tensor(x)).shape).astype(np.float32)
+    y_all, g_all = _forward_and_input_grad(conv, x, w)
+    for i in range(3):
+        y_one, g_one = _forward_and_input_grad(conv, x[i:i + 1], w[i:i + 1])
+        np.testing.assert_array_equal(y_all[i], y_one[0], err_msg=f"forward, sample {i}")
+        np.testing.assert_array_equal(g_all[i], g_one[0], err_msg=f"input gradient, sample {i}")
+
+
+def test_conv_kernel_matches_mindspore_conv2d_and_runs_under_jit(monkeypatch):
+    rng = np.random.default_rng(13)
+    fused = Conv2d(16, 32, 3, stride=1, padding=1)
+    monkeypatch.setenv("MVDREAM_CPU_KERNELS", "0")
+    assert cpu_conv(32, (3, 3), 1, (1, 1, 1, 1)) is None
+    plain = Conv2d(16, 32, 3, stride=1, padding=1)
+    assert plain.dnnl is None
+    plain.weight.set_data(fused.weight.value())
+    plain.bias.set_data(fused.bias.value())
+    x = Tensor(rng.standard_normal((2, 16, 12, 12)).astype(np.float32))
+    want = plain(x).asnumpy()
+    # sums of 144 products: a few ulps of the output scale apart
+    np.testing.assert_allclose(fused(x).asnumpy(), want, rtol=0, atol=2e-6 * np.abs(want).max())
+
+    def run(t):
+        return fused(t)
+
+    np.testing.assert_array_equal(ms.jit(run)(x).asnumpy(), fused(x).asnumpy())

@@ -46,13 +46,13 @@ def _root_copy(tmp_path: Path) -> Path:
 def test_readme_leads_with_two_root_commands_then_the_test_command():
     assert BLOCKS[0].strip().splitlines() == ["pip install -r requirements.txt",
                                               'python MVDream/scripts/t2i.py --text "an astronaut riding a horse"']
-    assert BLOCKS[1].strip() == "python -m pytest -q tests"
+    assert BLOCKS[1].strip() == "python -m pytest -q -n 2 tests"
     assert not any(re.search(r"(^|[;&|]\s*)cd\s", b, re.M) for b in BLOCKS), "a block cd's away from the root"
-    assert 'python -m pytest -q -m "not slow" tests' in README
+    assert 'python -m pytest -q -n 2 -m "not slow" tests' in README
     markers = (REPO / "pytest.ini").read_text()
     assert all(f"    {m}:" in markers for m in ("slow", "e2e", "parity", "bench"))
     ci = (REPO / ".ci" / "run").read_text()
-    assert "python -m pytest -q tests" in ci
+    assert "python -m pytest -q -n 2 tests" in ci
 
 
 @pytest.mark.e2e

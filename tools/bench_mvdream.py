@@ -15,9 +15,11 @@ whose driver gives the MindSpore/PyTorch ratios), for the project alone:
   graph     text and decode, graph mode (the default) against PyNative (graph_mode=False), calls
             alternating in one process; prints each side's median and their ratio
   hashgrid  hash grid (16 levels x 2, 2^19, base 16) forward + backward to the table, 2^20 points
-  layers    single layers at UNet shapes, and the text encoder's widest Linear both ways (few_rows:
-            oneDNN's sgemm on CPU, against MindSpore's MatMul); fp32 only, median of 5 calls each,
-            seconds per call
+  layers    single layers at UNet shapes, the text encoder's widest Linear both ways (few_rows:
+            oneDNN's sgemm on CPU, against MindSpore's MatMul), and 3x3 convolutions at the VAE's
+            and the UNet's shapes both ways (oneDNN's direct convolution, the CPU default, against
+            MindSpore's Conv2D), forward and frozen forward + input gradient; fp32 only, median of
+            5 calls each, seconds per call
 """
 import argparse
 import json
@@ -171,6 +173,19 @@ def _graph_against_pynative(rng, repeats):
     return rows
 
 
+def _without_cpu_kernels(build):
+    """``build()`` with the CPU kernels off: the layer then holds MindSpore's own ops."""
+    saved = os.environ.get("MVDREAM_CPU_KERNELS")
+    os.environ["MVDREAM_CPU_KERNELS"] = "0"
+    try:
+        return build()
+    finally:
+        if saved is None:
+            del os.environ["MVDREAM_CPU_KERNELS"]
+        else:
+            os.environ["MVDREAM_CPU_KERNELS"] = saved
+
+
 def _layers(rng):
     """Seconds per call (median of 5 after a warm-up) of the project's layers at UNet shapes and of
     the text encoder's c_fc (2 prompts x 77 tokens, 1024 -> 4096) with and without ``few_rows``."""
@@ -178,7 +193,7 @@ def _layers(rng):
     import mindspore as ms
     from mindspore import Tensor
     from mvdream.ldm.modules.attention import GEGLU
-    from mvdream.ldm.modules.torch_layers import GELU, GroupNorm, LayerNorm, Linear
+    from mvdream.ldm.modules.torch_layers import GELU, Conv2d, GroupNorm, LayerNorm, Linear, freeze
 
     x4 = Tensor(rng.standard_normal((8, 320, 32, 32)).astype(np.float32))
     x3 = Tensor(rng.standard_normal((2, 4096, 320)).astype(np.float32))
@@ -198,6 +213,14 @@ def _layers(rng):
         "linear 154x1024->4096 few_rows": lambda: text_fc[True](xt),
         "linear 154x1024->4096 MatMul": lambda: text_fc[False](xt),
     }
+    for shape in ((4, 128, 256, 256), (8, 320, 32, 32)):
+        x = Tensor(rng.standard_normal(shape).astype(np.float32))
+        for path, conv in (("oneDNN direct", Conv2d(shape[1], shape[1], 3, padding=1)),
+                           ("Conv2D", _without_cpu_kernels(lambda: Conv2d(shape[1], shape[1], 3, padding=1)))):
+            freeze(conv)
+            grad = ms.grad(lambda t, conv=conv, x=x: (conv(t) * x).sum())
+            cases[f"conv3x3 {shape} {path}"] = lambda conv=conv, x=x: conv(x)
+            cases[f"conv3x3 fwd+input grad {shape} {path}"] = lambda grad=grad, x=x: grad(x)
     rows = {}
     for name, fn in cases.items():
         times = _timed(lambda: fn().asnumpy(), 5)

@@ -1,5 +1,6 @@
 """C++ CPU kernels behind ``ops.Custom(func_type="aot")``: fused norms and activations
-(:mod:`.norm_act`), the Linear layer's GEMM (:mod:`.linear`), built by :mod:`.build`."""
+(:mod:`.norm_act`), the Linear layer's GEMM (:mod:`.linear`) and the 2-D convolution
+(:mod:`.conv`), built by :mod:`.build`."""
 import os
 
 import mindspore as ms

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("linear.cc")
 
 
-def _dnnl_link_args():
+def dnnl_link_args():
     lib_dir = Path(ms.__file__).resolve().parent / "lib"
     if not (lib_dir / "libdnnl.so.2").is_file():
         raise RuntimeError(f"this MindSpore build ships no oneDNN ({lib_dir}/libdnnl.so.2)")
@@ -43,7 +43,7 @@ def _linear_primitive(lib):
 @functools.lru_cache(maxsize=None)
 def _primitive():
     try:
-        return _linear_primitive(build_library(_SOURCE, link=_dnnl_link_args()))
+        return _linear_primitive(build_library(_SOURCE, link=dnnl_link_args()))
     except Exception as err:  # noqa: BLE001 - no compiler or no oneDNN: MindSpore's MatMul instead
         log.warning("oneDNN Linear kernel unavailable (%s); using MindSpore's MatMul", err)
         return None

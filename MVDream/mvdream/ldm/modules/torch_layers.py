@@ -18,6 +18,7 @@ from mindspore import Parameter, nn, ops
 from mindspore import Tensor
 from mindspore.common.initializer import Uniform, Normal, initializer
 
+from ...kernels.conv import cpu_conv
 from ...kernels.linear import cpu_linear
 from ...kernels.norm_act import cpu_kernels
 
@@ -130,7 +131,9 @@ class Conv2d(nn.Cell):
     MindSpore's Conv2D takes it, (top, bottom, left, right).
 
     ``construct(x, residual)`` returns ``conv(x) + residual``, the skip connection's add.
-    After :func:`freeze` the backward computes only the input's gradient (:class:`_FrozenConv`)."""
+    After :func:`freeze` the backward computes only the input's gradient (:class:`_FrozenConv`).
+    On CPU, float32 convolutions with a bias run oneDNN's direct convolution
+    (:mod:`mvdream.kernels.conv`), which does the same."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
@@ -143,6 +146,8 @@ class Conv2d(nn.Cell):
         self.conv = ops.Conv2D(**geometry)
         self.bias_add = ops.BiasAdd()
         self.weight_grad = True  # False after freeze(): a plain bool, which graph mode can read
+        pad4 = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,) * 4
+        self.dnnl = cpu_conv(out_channels, tuple(k), stride, pad4) if bias and isinstance(stride, int) else None
         if bias:
             input_grad = ops.Conv2DBackpropInput(**geometry)
             self.frozen = _FrozenConv(self.conv, input_grad)
@@ -150,6 +155,8 @@ class Conv2d(nn.Cell):
 
     def construct(self, x, residual=None):
         weight = _as(self.weight, x.dtype)
+        if self.dnnl is not None and x.dtype == ms.float32:
+            return self.dnnl(x, weight, self.bias, residual, self.weight_grad)
         if self.bias is not None and not self.weight_grad:
             bias = _as(self.bias, x.dtype)
             if residual is None:
