@@ -147,6 +147,16 @@ def _forward_and_input_grad(fn, x, w):
     return fn(Tensor(x)).asnumpy(), grad.asnumpy()
 
 
+def _assert_samples_alone_equal_batch(fn, x, rng, name):
+    """Each of the 3 samples of ``x``: forward and input gradient alone == in the batch, bitwise."""
+    w = rng.standard_normal(fn(Tensor(x)).shape).astype(np.float32)
+    y_all, g_all = _forward_and_input_grad(fn, x, w)
+    for i in range(3):
+        y_one, g_one = _forward_and_input_grad(fn, x[i:i + 1], w[i:i + 1])
+        np.testing.assert_array_equal(y_all[i], y_one[0], err_msg=f"{name} forward, sample {i}")
+        np.testing.assert_array_equal(g_all[i], g_one[0], err_msg=f"{name} input gradient, sample {i}")
+
+
 @pytest.mark.parametrize("op", ["group_norm", "group_norm_silu", "layer_norm", "gelu", "geglu"])
 def test_a_sample_computes_bitwise_the_same_alone_and_at_an_odd_offset_in_a_batch(op):
     # Per-sample sizes (315, 185, 370 floats) are no multiple of 8, so samples 1 and 2 start at
@@ -164,13 +174,7 @@ def test_a_sample_computes_bitwise_the_same_alone_and_at_an_odd_offset_in_a_batc
         fn = lambda t: kernels.layer_norm(t, gamma, beta, cfg)  # noqa: E731
     else:
         shape, fn = (3, 5, 74) if op == "geglu" else (3, 5, 37), getattr(kernels, op)
-    x = (3.0 * rng.standard_normal(shape) + 0.5).astype(np.float32)
-    w = rng.standard_normal(fn(Tensor(x)).shape).astype(np.float32)
-    y_all, g_all = _forward_and_input_grad(fn, x, w)
-    for i in range(3):
-        y_one, g_one = _forward_and_input_grad(fn, x[i:i + 1], w[i:i + 1])
-        np.testing.assert_array_equal(y_all[i], y_one[0], err_msg=f"{op} forward, sample {i}")
-        np.testing.assert_array_equal(g_all[i], g_one[0], err_msg=f"{op} input gradient, sample {i}")
+    _assert_samples_alone_equal_batch(fn, (3.0 * rng.standard_normal(shape) + 0.5).astype(np.float32), rng, op)
 
 
 @pytest.mark.parametrize("few_rows", [False, True])
@@ -281,13 +285,7 @@ def test_conv_sample_is_bitwise_the_same_alone_and_in_a_batch(cin, cout, kernel,
     # depend on the batch it came in (nor on its offset in it).
     rng = np.random.default_rng(12)
     conv = freeze(Conv2d(cin, cout, kernel, stride=stride, padding=padding))
-    x = rng.standard_normal((3, cin, 10, 12)).astype(np.float32)
-    w = rng.standard_normal(conv(Tensor(x)).shape).astype(np.float32)
-    y_all, g_all = _forward_and_input_grad(conv, x, w)
-    for i in range(3):
-        y_one, g_one = _forward_and_input_grad(conv, x[i:i + 1], w[i:i + 1])
-        np.testing.assert_array_equal(y_all[i], y_one[0], err_msg=f"forward, sample {i}")
-        np.testing.assert_array_equal(g_all[i], g_one[0], err_msg=f"input gradient, sample {i}")
+    _assert_samples_alone_equal_batch(conv, rng.standard_normal((3, cin, 10, 12)).astype(np.float32), rng, "conv")
 
 
 def test_conv_kernel_matches_mindspore_conv2d_and_runs_under_jit(monkeypatch):
