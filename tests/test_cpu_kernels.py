@@ -306,3 +306,20 @@ def test_conv_kernel_matches_mindspore_conv2d_and_runs_under_jit(monkeypatch):
         return fused(t)
 
     np.testing.assert_array_equal(ms.jit(run)(x).asnumpy(), fused(x).asnumpy())
+
+
+def test_conv_with_float16_parameters_computes_in_float32():
+    # build_model(weights_dtype=float16) keeps float16 parameters under float32 activations:
+    # the kernel must see the bias cast too, or it reads float16 bits as float32
+    rng = np.random.default_rng(14)
+    conv = Conv2d(5, 7, 3, stride=1, padding=1)
+    for param in (conv.weight, conv.bias):
+        param.set_dtype(ms.float16)
+    x = rng.standard_normal((2, 5, 6, 6)).astype(np.float32)
+    w64, b64 = (p.asnumpy().astype(np.float64) for p in (conv.weight, conv.bias))
+    want = _conv(x.astype(np.float64), w64, b64, 1, (1, 1, 1, 1))
+    got = conv(Tensor(x))
+    assert got.dtype == ms.float32
+    np.testing.assert_allclose(got.asnumpy(), want, rtol=0, atol=2e-6 * np.abs(want).max())
+    with pytest.raises(TypeError, match="float32 tensors only"):
+        conv.dnnl(Tensor(x), conv.weight.value().astype(ms.float32), conv.bias.value())

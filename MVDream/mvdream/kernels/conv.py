@@ -75,6 +75,11 @@ class DnnlConv2d(nn.Cell):
         self.conv_residual, self.conv_residual_frozen = residual(True), residual(False)
 
     def construct(self, x, weight, bias, residual=None, weight_grad=True):
+        # The kernel reads every buffer as float32 (a float16 bias would be read as garbage), and
+        # PyNative's infer cache does not re-check dtypes once a shape has been seen: check here.
+        if weight.dtype != ms.float32 or bias.dtype != ms.float32 or x.dtype != ms.float32:
+            raise TypeError(f"the oneDNN convolution takes float32 tensors only, got input {x.dtype}, "
+                            f"weight {weight.dtype}, bias {bias.dtype}")
         x = x.contiguous()
         if residual is None:
             conv = self.conv if weight_grad else self.conv_frozen

@@ -69,7 +69,8 @@ class Affine(nn.Cell):
         if rows < self.min_rows:
             x2 = ops.pad(x2, (0, 0, 0, self.min_rows - rows))
         if self.fused is not None and x.dtype == ms.float32 and weight.dtype == ms.float32:
-            y = self.fused(x2, weight, ops.zeros((out_features,), ms.float32) if bias is None else bias)
+            bias = ops.zeros((out_features,), ms.float32) if bias is None else _as(bias, ms.float32)
+            y = self.fused(x2, weight, bias)
         else:
             y = self.matmul(x2, _as(weight, x.dtype))
             if bias is not None:
@@ -155,16 +156,16 @@ class Conv2d(nn.Cell):
 
     def construct(self, x, residual=None):
         weight = _as(self.weight, x.dtype)
+        bias = None if self.bias is None else _as(self.bias, x.dtype)
         if self.dnnl is not None and x.dtype == ms.float32:
-            return self.dnnl(x, weight, self.bias, residual, self.weight_grad)
-        if self.bias is not None and not self.weight_grad:
-            bias = _as(self.bias, x.dtype)
+            return self.dnnl(x, weight, bias, residual, self.weight_grad)
+        if bias is not None and not self.weight_grad:
             if residual is None:
                 return self.frozen(x, weight, bias)
             return self.frozen_residual(x, weight, bias, residual)
         y = self.conv(x, weight)
-        if self.bias is not None:
-            y = self.bias_add(y, _as(self.bias, x.dtype))
+        if bias is not None:
+            y = self.bias_add(y, bias)
         return y if residual is None else y + residual
 
 
