@@ -50,13 +50,16 @@ def setup_runtime(device_target=None, threads=None, report=None) -> str:
     * PyNative mode on ``device_target`` (None: ``detect_device_target()``, and the choice is
       reported with ``report(line)``, default: this module's logger at INFO);
     * ``threads`` caps the CPU kernel threads (default on CPU: the core count; MindSpore's
-      default of 25 oversubscribes small machines);
+      default of 25 oversubscribes small machines); given explicitly, it also becomes the
+      default ``OMP_NUM_THREADS`` of the fused CPU kernels (read when OpenMP loads, with MindSpore);
     * on CPU, the memory pool starts as one block of ``cpu_pool_size_gb()`` (see
       ``CPU_POOL_FRACTION``), unless ``mindspore.runtime.set_memory`` was called already.
     """
     os.environ.setdefault("MS_DEV_HOST_BLOCKING_RUN", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("GLOG_v", "3")
+    if threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(int(threads)))
     import mindspore as ms
 
     if device_target is None:
