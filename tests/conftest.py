@@ -1,5 +1,4 @@
 """Shared test setup: paths to the parity fixtures and the threestudio package."""
-import os
 import sys
 from pathlib import Path
 
@@ -15,11 +14,8 @@ import pytest  # noqa: E402
 
 from mvdream.runtime import setup_runtime  # noqa: E402
 
-# the test session is an entry point: its one runtime set-up (tests run on CPU). Under
-# pytest-xdist the workers share the cores: one thread each when both run CPU-bound tests
-# measured 47-50 s against 53-57 s for two threads each (two oracle trainings side by side).
-WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-setup_runtime("CPU", threads=max(1, (os.cpu_count() or 1) // WORKERS))
+# the test session is an entry point: its one runtime set-up (tests run on CPU)
+setup_runtime("CPU")
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +37,24 @@ def tiny_config(parity_dir):
     return OmegaConf.load(parity_dir / "tiny_mvdream.yaml")
 
 
+
+def pytest_configure(config):
+    # pytest-xdist's load scheduler hands out tests one at a time as workers free up (not in
+    # chunks of a quarter of the suite), so the order below decides what runs side by side
+    if getattr(config.option, "maxschedchunk", 0) is None:
+        config.option.maxschedchunk = 1
+
+
+def _expected_seconds(item):
+    marker = item.get_closest_marker("slow")
+    return 0 if marker is None else marker.kwargs.get("seconds", 30)
+
+
 def pytest_collection_modifyitems(items):
-    """The slow tests first (collection order otherwise): pytest-xdist hands the first quarter
-    of the items out round-robin, so the long ones run side by side on the two workers
-    instead of ending the run on one of them while the other idles."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest tests first (collection order otherwise), so that under pytest-xdist they
+    run side by side instead of ending the run on one worker while the other idles."""
+    items.sort(key=_expected_seconds, reverse=True)  # stable
+    # A worker holds two tests, the running one and its next, so the first four go 0, 1 to one
+    # worker and 2, 3 to the other: the two longest at 0 and 2.
+    if len(items) > 2:
+        items[1], items[2] = items[2], items[1]
