@@ -37,24 +37,49 @@ def tiny_config(parity_dir):
     return OmegaConf.load(parity_dir / "tiny_mvdream.yaml")
 
 
+# The longest CPU-bound tests, seconds alone on a 2-core CPU (the suite's --durations). Under
+# pytest-xdist one worker runs them one after the other while the other worker runs everything
+# else: a training beside short tests (process start-ups, compiles, browsers) keeps most of the
+# cores, and two trainings side by side each run at about half speed.
+LONG_TESTS = {
+    "tests/test_oracle_3d.py::test_inconsistent_teacher_does_not_build_an_object": 210,
+    "tests/test_oracle_3d.py::test_x0_sds_with_oracle_teacher_builds_its_object": 170,
+    "tests/test_photometric_fit.py::test_photometric_fit_held_out_psnr": 100,
+    "tests/test_viewdep_ablation.py::test_dir_encoding_beats_xyz_only_on_the_specular_scene": 80,
+}
 
-def pytest_configure(config):
-    # pytest-xdist's load scheduler hands out tests one at a time as workers free up (not in
-    # chunks of a quarter of the suite), so the order below decides what runs side by side
-    if getattr(config.option, "maxschedchunk", 0) is None:
-        config.option.maxschedchunk = 1
 
-
-def _expected_seconds(item):
-    marker = item.get_closest_marker("slow")
-    return 0 if marker is None else marker.kwargs.get("seconds", 30)
+def _expected_seconds(nodeid):
+    return LONG_TESTS.get(nodeid.split("[")[0], 0)
 
 
 def pytest_collection_modifyitems(items):
-    """The longest tests first (collection order otherwise), so that under pytest-xdist they
-    run side by side instead of ending the run on one worker while the other idles."""
-    items.sort(key=_expected_seconds, reverse=True)  # stable
-    # A worker holds two tests, the running one and its next, so the first four go 0, 1 to one
-    # worker and 2, 3 to the other: the two longest at 0 and 2.
-    if len(items) > 2:
-        items[1], items[2] = items[2], items[1]
+    items.sort(key=lambda item: _expected_seconds(item.nodeid), reverse=True)  # stable: collection order otherwise
+
+
+try:
+    import xdist  # noqa: F401 - the hook below exists only with pytest-xdist installed
+except ImportError:
+    pass
+else:
+    def pytest_xdist_make_scheduler(config, log):
+        from xdist.scheduler import LoadScheduling
+
+        class LongTestsOnOneWorker(LoadScheduling):
+            """pytest-xdist's load scheduling, except that the first worker starts with all of
+            LONG_TESTS (first in the collection, above) and the others with two tests each."""
+
+            def schedule(self):
+                if self.collection is not None or len(self.nodes) < 2 or not self._check_nodes_have_same_collection():
+                    return super().schedule()
+                self.collection = next(iter(self.node2collection.values()))
+                self.pending[:] = range(len(self.collection))
+                if self.maxschedchunk is None:
+                    self.maxschedchunk = len(self.collection)
+                long_tests = sum(1 for nodeid in self.collection if _expected_seconds(nodeid))
+                first, *others = self.nodes
+                self._send_tests(first, max(2, long_tests))
+                for node in others:
+                    self._send_tests(node, 2)
+
+        return LongTestsOnOneWorker(config, log)

@@ -283,7 +283,7 @@ def report(name, r):
           f"load {load:.1f}", flush=True)
 
 
-@pytest.mark.slow(seconds=170)
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_x0_sds_with_oracle_teacher_builds_its_object(tmp_path, seed):
     r = train_with_teacher(tmp_path, seed)
@@ -304,7 +304,7 @@ def test_x0_sds_with_oracle_teacher_builds_its_object(tmp_path, seed):
     assert e["chamfer"] <= 0.25 * s["chamfer"]
 
 
-@pytest.mark.slow(seconds=210)
+@pytest.mark.slow
 def test_inconsistent_teacher_does_not_build_an_object(tmp_path):
     """Negative control: the same harness with each view's target from a different random scene."""
     r = train_with_teacher(tmp_path, 0, consistent=False)

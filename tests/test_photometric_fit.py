@@ -20,7 +20,7 @@ from threestudio.utils.autodiff import no_grad
 from threestudio.utils.base import Updateable
 from threestudio.utils.ops import get_ray_directions, get_rays, look_at_c2w, spherical_to_cartesian
 
-pytestmark = [pytest.mark.slow(seconds=100)]
+pytestmark = [pytest.mark.slow]
 
 SIZE, SUPERSAMPLE, FOVY_DEG, DISTANCE = 64, 4, 40.0, 2.0
 SPHERE_CENTER, SPHERE_RADIUS = np.array([0.08, -0.05, 0.04]), 0.36

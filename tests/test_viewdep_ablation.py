@@ -49,7 +49,7 @@ def ablate(scene: str, steps: int) -> dict:
     return psnr
 
 
-@pytest.mark.slow(seconds=80)
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_dir_encoding_beats_xyz_only_on_the_specular_scene():
     psnr = ablate("specular", 700)
