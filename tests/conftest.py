@@ -14,8 +14,11 @@ import pytest  # noqa: E402
 
 from mvdream.runtime import setup_runtime  # noqa: E402
 
-# the test session is an entry point: its one runtime set-up (tests run on CPU)
-setup_runtime("CPU")
+# The test session is an entry point: its one runtime set-up (tests run on CPU). The tests' models
+# are tiny, and there a second thread costs more than it gives: the oracle training took 49 s
+# with one thread and 67 s with two, alone on 2 cores (MindSpore's idle kernel thread spins).
+# Under pytest-xdist the workers share the cores too.
+setup_runtime("CPU", threads=1)
 
 
 @pytest.fixture(scope="session")
