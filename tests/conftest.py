@@ -66,6 +66,8 @@ except ImportError:
     pass
 else:
     def pytest_xdist_make_scheduler(config, log):
+        if config.getvalue("dist") != "load":
+            return None  # another --dist asked for: xdist's own scheduler
         from xdist.scheduler import LoadScheduling
 
         class LongTestsOnOneWorker(LoadScheduling):

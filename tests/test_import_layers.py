@@ -118,6 +118,28 @@ def test_setup_runtime_sets_the_cpu_environment_it_documents():
     assert out.stdout.strip().splitlines()[-1] == '["1", "ACTIVE", "3"]'
 
 
+def test_thread_count_default_follows_omp_num_threads(monkeypatch):
+    from mvdream.runtime import _omp_num_threads
+    for value, want in (("3", 3), ("4,2", 4), (" 2 ", 2), ("", None), ("0", None), ("four", None)):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert _omp_num_threads() == want, value
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert _omp_num_threads() is None
+
+
+def test_explicit_threads_become_the_kernels_omp_default_for_child_processes():
+    code = ("import os; from mvdream.runtime import setup_runtime; setup_runtime('CPU', threads=3); "
+            "print(os.environ.get('OMP_NUM_THREADS'))")
+    env = dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
+    env.pop("OMP_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "3"
+    env["OMP_NUM_THREADS"] = "2"  # a value the user set is kept
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "2"
+
+
 def test_setup_runtime_sizes_the_cpu_memory_pool():
     """One first block of half the physical memory, or a size the caller set before is kept."""
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -37,6 +37,12 @@ def detect_device_target() -> str:
     return "CPU"
 
 
+def _omp_num_threads():
+    """The first level of ``OMP_NUM_THREADS`` (e.g. ``4`` or ``4,2``), or None when unset or invalid."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
+
+
 def setup_runtime(device_target=None, threads=None, report=None) -> str:
     """Set up MindSpore for this process; returns the device target used.
 
@@ -49,9 +55,10 @@ def setup_runtime(device_target=None, threads=None, report=None) -> str:
       ``GLOG_v=3`` (quiet C++ log);
     * PyNative mode on ``device_target`` (None: ``detect_device_target()``, and the choice is
       reported with ``report(line)``, default: this module's logger at INFO);
-    * ``threads`` caps the CPU kernel threads (default on CPU: the core count; MindSpore's
-      default of 25 oversubscribes small machines); given explicitly, it also becomes the
-      default ``OMP_NUM_THREADS`` of the fused CPU kernels (read when OpenMP loads, with MindSpore);
+    * ``threads`` caps the CPU kernel threads (default on CPU: ``OMP_NUM_THREADS`` where set, as
+      PyTorch does, else the core count; MindSpore's default of 25 oversubscribes small
+      machines); given explicitly, it also becomes the default ``OMP_NUM_THREADS`` of the fused
+      CPU kernels (read when OpenMP loads, with MindSpore), which child processes inherit;
     * on CPU, the memory pool starts as one block of ``cpu_pool_size_gb()`` (see
       ``CPU_POOL_FRACTION``), unless ``mindspore.runtime.set_memory`` was called already.
     """
@@ -74,7 +81,7 @@ def setup_runtime(device_target=None, threads=None, report=None) -> str:
         except RuntimeError:
             pass  # set already in this process (by the caller, or a second call): keep it
         if threads is None:
-            threads = os.cpu_count() or 1
+            threads = _omp_num_threads() or os.cpu_count() or 1
     if threads:
         try:
             ms.device_context.cpu.op_tuning.threads_num(int(threads))
