@@ -103,19 +103,23 @@ def test_import_sets_no_environment_variable(module):
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def _last_line_of(code, env):
+    """The last line ``code`` prints in a fresh interpreter with ``env``."""
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_setup_runtime_sets_the_cpu_environment_it_documents():
     code = ("import os, json; from mvdream.runtime import setup_runtime; setup_runtime('CPU'); "
             f"print(json.dumps([os.environ.get(k) for k in {RUNTIME_ENV!r}]))")
     env = dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
     for key in RUNTIME_ENV:
         env.pop(key, None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == '["1", "PASSIVE", "3"]'
+    assert _last_line_of(code, env) == '["1", "PASSIVE", "3"]'
     # a value the user set is kept
     env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.stdout.strip().splitlines()[-1] == '["1", "ACTIVE", "3"]'
+    assert _last_line_of(code, env) == '["1", "ACTIVE", "3"]'
 
 
 def test_thread_count_default_follows_omp_num_threads(monkeypatch):
@@ -132,12 +136,9 @@ def test_explicit_threads_become_the_kernels_omp_default_for_child_processes():
             "print(os.environ.get('OMP_NUM_THREADS'))")
     env = dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
     env.pop("OMP_NUM_THREADS", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "3"
+    assert _last_line_of(code, env) == "3"
     env["OMP_NUM_THREADS"] = "2"  # a value the user set is kept
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.stdout.strip().splitlines()[-1] == "2"
+    assert _last_line_of(code, env) == "2"
 
 
 def test_setup_runtime_sizes_the_cpu_memory_pool():
