@@ -140,6 +140,11 @@ def text_of(driver, elem_id):
     return found[0].text if found else ""
 
 
+def click(driver, elem_id):
+    """Click the component ``elem_id`` once the page has rendered it."""
+    wait_for(lambda: driver.find_element("css selector", f"#{elem_id}"), 60, elem_id).click()
+
+
 def type_into(driver, elem_id, text, clear=True):
     """Type into the textbox/number input of the component ``elem_id``."""
     field = wait_for(lambda: driver.find_element("css selector", f"#{elem_id} textarea, #{elem_id} input"), 60,

@@ -1,4 +1,5 @@
 """Shared test setup: paths to the parity fixtures and the threestudio package."""
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,24 @@ sys.path.insert(0, str(REPO / "MVDream"))
 sys.path.insert(0, str(REPO / "MVDream-threestudio"))
 sys.path.insert(0, str(REPO / "tools"))
 
+
+def pin_xdist_worker_to_one_core():
+    """Under pytest-xdist with no more workers than cores, worker gwN and every thread and child
+    process it starts from here on (MindSpore's runtime threads, launch.py, msrun ranks, Chromium)
+    run on core N only. MindSpore's actor and kernel threads spin-wait for each other around every
+    op: on one core a hand-off is a yield, across cores it burns the other core. Measured, the
+    oracle training of test_oracle_3d (40 steps, one thread) alone: 33 s on one core against 49 s
+    free to use both; and the other worker's subprocesses no longer preempt it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    cores = sorted(os.sched_getaffinity(0))
+    if worker.startswith("gw") and 0 < workers <= len(cores):
+        os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
+
+
+# before MindSpore starts its threads, which inherit the calling thread's affinity
+pin_xdist_worker_to_one_core()
+
 import pytest  # noqa: E402
 
 from mvdream.runtime import setup_runtime  # noqa: E402
@@ -17,7 +36,7 @@ from mvdream.runtime import setup_runtime  # noqa: E402
 # The test session is an entry point: its one runtime set-up (tests run on CPU). The tests' models
 # are tiny, and there a second thread costs more than it gives: the oracle training took 49 s
 # with one thread and 67 s with two, alone on 2 cores (MindSpore's idle kernel thread spins).
-# Under pytest-xdist the workers share the cores too.
+# Under pytest-xdist each worker has one core anyway (above).
 setup_runtime("CPU", threads=1)
 
 
@@ -40,10 +59,10 @@ def tiny_config(parity_dir):
     return OmegaConf.load(parity_dir / "tiny_mvdream.yaml")
 
 
-# The longest CPU-bound tests, seconds alone on a 2-core CPU (the suite's --durations). Under
-# pytest-xdist one worker runs them one after the other while the other worker runs everything
-# else: a training beside short tests (process start-ups, compiles, browsers) keeps most of the
-# cores, and two trainings side by side each run at about half speed.
+# The longest tests, seconds alone on a 2-core CPU (the suite's --durations). Under pytest-xdist
+# one worker runs them one after the other while the other worker runs everything else, then
+# both share what is left: started last, one of them would keep its worker busy after the other
+# had finished.
 LONG_TESTS = {
     "tests/test_oracle_3d.py::test_inconsistent_teacher_does_not_build_an_object": 210,
     "tests/test_oracle_3d.py::test_x0_sds_with_oracle_teacher_builds_its_object": 170,

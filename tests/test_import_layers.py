@@ -155,3 +155,13 @@ def test_setup_runtime_sizes_the_cpu_memory_pool():
         size, error = out.stdout.strip().splitlines()[-2:]
         assert int(size) == max(2, (physical // 2) >> 30)
         assert "can not be set repeatedly" in error  # configured once, by setup_runtime or the caller
+
+
+def test_one_line_errors_need_no_mindspore():
+    """The command-line tools' error types import without MindSpore, so t2i.py rejects bad input at
+    once; the checkpoint functions that need MindSpore still import by name."""
+    code = ("import sys; import mvdream.errors; before = 'mindspore' in sys.modules; "
+            "from mvdream.checkpoint import load_checkpoint_file, check_keys; "
+            "print(before, 'mindspore' in sys.modules, callable(load_checkpoint_file), callable(check_keys))")
+    env = dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
+    assert _last_line_of(code, env) == "False True True True"

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from browser_helpers import driver  # noqa: F401  (the browser fixture)
-from browser_helpers import (REPO, AppServer, app_env, fetch, foreign_requests, save_screenshot, text_of, type_into,
-                             wait_for)
+from browser_helpers import (REPO, AppServer, app_env, click, fetch, foreign_requests, save_screenshot, text_of,
+                             type_into, wait_for)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 APP = REPO / "MVDream-threestudio" / "gradio_app.py"
@@ -30,10 +30,6 @@ def server(tmp_path_factory):
     srv.outputs = cwd / "outputs"
     yield srv
     srv.stop()
-
-
-def click(driver, elem_id):
-    wait_for(lambda: driver.find_element("css selector", f"#{elem_id}"), 60, elem_id).click()
 
 
 def open_advanced(driver):

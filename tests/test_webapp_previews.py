@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from browser_helpers import driver  # noqa: F401  (the browser fixture)
-from browser_helpers import (REPO, AppServer, app_env, fetch, foreign_requests, make_driver, quit_driver,
+from browser_helpers import (REPO, AppServer, app_env, click, fetch, foreign_requests, make_driver, quit_driver,
                              save_screenshot, text_of, type_into, wait_for)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -36,7 +36,7 @@ def test_generate_shows_the_t2i_images(tiny_server, driver, parity_dir, tmp_path
     wait_for(lambda: "model ready" in text_of(driver, "status"), 120, "the model to load")
     type_into(driver, "prompt", "a red apple")
     type_into(driver, "steps", "3")
-    driver.find_element("css selector", "#generate").click()
+    click(driver, "generate")
     src = wait_for(lambda: _grid_src(driver), 120, "the generated grid")
     grid = np.asarray(Image.open(io.BytesIO(fetch(src))).convert("RGB"))
     # 2 rows (the original's default) x 4 views of 16x16 pixels
@@ -65,7 +65,7 @@ def test_generate_shows_the_t2i_images(tiny_server, driver, parity_dir, tmp_path
 def test_empty_prompt_shows_a_one_line_error(tiny_server, driver):
     driver.get(tiny_server.url)
     type_into(driver, "prompt", "   ")
-    driver.find_element("css selector", "#generate").click()
+    click(driver, "generate")
     message = wait_for(lambda: "error:" in text_of(driver, "message") and text_of(driver, "message"), 60,
                        "the empty-prompt error")
     assert "prompt is empty" in message and "Traceback" not in driver.page_source
