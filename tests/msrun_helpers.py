@@ -20,12 +20,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def msrun_env():
+def msrun_env(node_timeout=None):
+    """``node_timeout``: seconds without a worker's heartbeat before msrun's scheduler gives up on
+    it (MindSpore's ``MS_NODE_TIMEOUT``); a test of a failing rank sets it short, since the
+    scheduler waits that long before it ends the run (about 35 s by default)."""
     # msrun starts its workers as `python script ...`: this interpreter's directory goes first
-    return dict(os.environ, MS_DEV_HOST_BLOCKING_RUN="1", GLOG_v="3", PYTHONWARNINGS="ignore",
-                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-                PYTHONPATH=os.pathsep.join([str(THREESTUDIO), str(REPO / "MVDream"),
-                                            os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, MS_DEV_HOST_BLOCKING_RUN="1", GLOG_v="3", PYTHONWARNINGS="ignore",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+               PYTHONPATH=os.pathsep.join([str(THREESTUDIO), str(REPO / "MVDream"),
+                                           os.environ.get("PYTHONPATH", "")]))
+    if node_timeout:
+        env["MS_NODE_TIMEOUT"] = str(node_timeout)
+    return env
 
 
 def msrun_command(script, args, log_dir, workers=2, cluster_time_out=120):
@@ -35,9 +41,9 @@ def msrun_command(script, args, log_dir, workers=2, cluster_time_out=120):
             f"--cluster_time_out={cluster_time_out}", str(script), *map(str, args)]
 
 
-def start_msrun(script, args, cwd, log_dir, workers=2):
+def start_msrun(script, args, cwd, log_dir, workers=2, node_timeout=None):
     """Popen of msrun in its own session (so that ``stop_msrun`` can end what is left)."""
-    return subprocess.Popen(msrun_command(script, args, log_dir, workers), cwd=cwd, env=msrun_env(),
+    return subprocess.Popen(msrun_command(script, args, log_dir, workers), cwd=cwd, env=msrun_env(node_timeout),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -57,8 +63,8 @@ def stop_msrun(proc, timeout=60):
     return out
 
 
-def run_msrun(script, args, cwd, log_dir, workers=2, timeout=600):
-    proc = start_msrun(script, args, cwd, log_dir, workers)
+def run_msrun(script, args, cwd, log_dir, workers=2, timeout=600, node_timeout=None):
+    proc = start_msrun(script, args, cwd, log_dir, workers, node_timeout)
     try:
         out = proc.communicate(timeout=timeout)[0]
     finally:

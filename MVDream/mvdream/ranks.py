@@ -36,8 +36,15 @@ def join_msrun() -> Ranks:
         return Ranks()
     from mindspore.communication import get_group_size, get_rank, init
 
-    init()  # msrun's scheduler process serves the cluster in here and exits when the workers are done
-    if os.environ.get("MS_ROLE") == "MS_SCHED":
+    scheduler = os.environ.get("MS_ROLE") == "MS_SCHED"
+    try:
+        init()  # msrun's scheduler process serves the cluster in here and exits when the workers are done
+    except RuntimeError as err:
+        if not scheduler:
+            raise
+        # a worker left early and its own log says why: the scheduler's part is one line, no traceback
+        raise SystemExit(f"error: msrun scheduler: {str(err).strip().splitlines()[0]}") from None
+    if scheduler:
         raise SystemExit(0)
     return Ranks(int(get_rank()), int(get_group_size()))
 
