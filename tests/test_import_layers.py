@@ -103,6 +103,11 @@ def test_import_sets_no_environment_variable(module):
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def _mvdream_env():
+    """This environment with the checkout's ``mvdream`` importable, for a fresh interpreter."""
+    return dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
+
+
 def _last_line_of(code, env):
     """The last line ``code`` prints in a fresh interpreter with ``env``."""
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -113,7 +118,7 @@ def _last_line_of(code, env):
 def test_setup_runtime_sets_the_cpu_environment_it_documents():
     code = ("import os, json; from mvdream.runtime import setup_runtime; setup_runtime('CPU'); "
             f"print(json.dumps([os.environ.get(k) for k in {RUNTIME_ENV!r}]))")
-    env = dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
+    env = _mvdream_env()
     for key in RUNTIME_ENV:
         env.pop(key, None)
     assert _last_line_of(code, env) == '["1", "PASSIVE", "3"]'
@@ -134,7 +139,7 @@ def test_thread_count_default_follows_omp_num_threads(monkeypatch):
 def test_explicit_threads_become_the_kernels_omp_default_for_child_processes():
     code = ("import os; from mvdream.runtime import setup_runtime; setup_runtime('CPU', threads=3); "
             "print(os.environ.get('OMP_NUM_THREADS'))")
-    env = dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
+    env = _mvdream_env()
     env.pop("OMP_NUM_THREADS", None)
     assert _last_line_of(code, env) == "3"
     env["OMP_NUM_THREADS"] = "2"  # a value the user set is kept
@@ -147,7 +152,7 @@ def test_setup_runtime_sizes_the_cpu_memory_pool():
     code = ("import mindspore as ms; from mvdream.runtime import setup_runtime, cpu_pool_size_gb; {before}"
             "setup_runtime('CPU'); setup_runtime('CPU'); print(cpu_pool_size_gb())\n"
             "try:\n    ms.runtime.set_memory(init_size='3GB')\nexcept RuntimeError as err:\n    print(err)")
-    env = dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
+    env = _mvdream_env()
     for before in ("", "ms.runtime.set_memory(init_size='3GB'); "):
         out = subprocess.run([sys.executable, "-c", code.format(before=before)], env=env,
                              capture_output=True, text=True, timeout=300)
@@ -163,5 +168,5 @@ def test_one_line_errors_need_no_mindspore():
     code = ("import sys; import mvdream.errors; before = 'mindspore' in sys.modules; "
             "from mvdream.checkpoint import load_checkpoint_file, check_keys; "
             "print(before, 'mindspore' in sys.modules, callable(load_checkpoint_file), callable(check_keys))")
-    env = dict(os.environ, PYTHONPATH=str(PACKAGES["mvdream"].parent))
+    env = _mvdream_env()
     assert _last_line_of(code, env) == "False True True True"
