@@ -114,6 +114,22 @@ def test_gelu_and_geglu_kernels_and_gradients():
     _check(kernels.geglu, _geglu, [x])
 
 
+def test_gelu_kernel_is_as_accurate_as_libm_erf():
+    """The kernels' erf is a vectorised polynomial; over a dense sweep GELU stays within the
+    error that libm's erff gives (measured: at most 1.61 ulp for x >= 0 with either, mean 0.24).
+    Abramowitz-Stegun's erf (1.5e-7 off) fails it: 3.5 ulp at most, mean 0.41."""
+    x = np.linspace(-8, 8, 400_001).astype(np.float32)
+    got = GELU()(Tensor(x)).asnumpy().astype(np.float64)
+    x64 = x.astype(np.float64)
+    want = _gelu(x64)
+    err = np.abs(got - want)
+    ulps = err / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    positive = x >= 0
+    assert ulps[positive].max() <= 2.0
+    assert ulps[positive].mean() <= 0.3
+    assert (err / np.maximum(1.0, np.abs(x64))).max() <= 1.5e-7  # negative x: 1 + erf cancels
+
+
 def test_mindspore_ops_path_matches_the_kernels(monkeypatch):
     rng = np.random.default_rng(3)
     x4 = rng.standard_normal((2, 8, 4, 4)).astype(np.float32)
