@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
+from mvdream.kernels.attention import cpu_attention
 from mvdream.kernels.conv import cpu_conv
 from mvdream.kernels.linear import cpu_linear
 from mvdream.kernels.norm_act import cpu_kernels
-from mvdream.ldm.modules.attention import GEGLU
+from mvdream.ldm.modules.attention import GEGLU, CrossAttention, attention
 from mvdream.ldm.modules.encoders.open_clip_text import TextTransformer
 from mvdream.ldm.modules.torch_layers import GELU, Affine, Conv2d, GroupNorm, LayerNorm, Linear, freeze
 
@@ -82,7 +83,8 @@ def _random_affine(cell, rng):
 
 def test_layers_use_the_fused_kernels_on_cpu():
     assert ms.get_context("device_target") == "CPU" and cpu_kernels() is not None
-    assert all(cell.fused is not None for cell in (GroupNorm(2, 4), LayerNorm(4), GELU(), GEGLU(4, 4)))
+    assert all(cell.fused is not None for cell in (GroupNorm(2, 4), LayerNorm(4), GELU(), GEGLU(4, 4),
+                                                     CrossAttention(8, heads=2, dim_head=4)))
     # The text encoder's GEMMs are few-rows ones (oneDNN); a default Linear (the UNet's) is not.
     text = TextTransformer(8, context_length=5, vocab_size=11, width=8, heads=2, layers=1)
     affines = [cell for _, cell in text.cells_and_names() if isinstance(cell, Affine)]
@@ -128,6 +130,39 @@ def test_gelu_kernel_is_as_accurate_as_libm_erf():
     assert ulps[positive].max() <= 2.0
     assert ulps[positive].mean() <= 0.3
     assert (err / np.maximum(1.0, np.abs(x64))).max() <= 1.5e-7  # negative x: 1 + erf cancels
+
+
+def _attention64(q, k, v, heads, scale):
+    """Multi-head softmax(scale q k^T) v in float64, (B, N, H*D) layout."""
+    split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(0, 2, 1, 3)  # noqa: E731
+    logits = scale * split(q) @ split(k).transpose(0, 1, 3, 2)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    out = (probs / probs.sum(-1, keepdims=True)) @ split(v)
+    return out.transpose(0, 2, 1, 3).reshape(q.shape)
+
+
+@pytest.mark.parametrize("nq, nk, heads, dim_head", [(70, 9, 2, 4), (5, 133, 1, 8)])
+def test_attention_kernel_and_gradients(nq, nk, heads, dim_head):
+    # 70 queries: a 64-row block and a 6-row one; 133 keys: no multiple of the 8 softmax lanes.
+    rng = np.random.default_rng(4)
+    fused = cpu_attention(heads, dim_head ** -0.5)
+    q = rng.standard_normal((2, nq, heads * dim_head)).astype(np.float32)
+    k, v = (rng.standard_normal((2, nk, heads * dim_head)).astype(np.float32) for _ in range(2))
+    _check(fused, lambda a, b, c: _attention64(a, b, c, heads, dim_head ** -0.5), [q, k, v])
+    # the ops path (other device targets) gives the same numbers
+    want = attention(Tensor(q), Tensor(k), Tensor(v), heads, dim_head ** -0.5).asnumpy()
+    np.testing.assert_allclose(fused(Tensor(q), Tensor(k), Tensor(v)).asnumpy(), want, rtol=0, atol=2e-6)
+
+
+def test_attention_sample_is_bitwise_the_same_alone_and_in_a_batch():
+    rng = np.random.default_rng(6)
+    fused = cpu_attention(3, 0.125)
+    k, v = (Tensor(rng.standard_normal((3, 21, 24)).astype(np.float32)) for _ in range(2))
+    q = rng.standard_normal((3, 67, 24)).astype(np.float32)
+    batch = fused(Tensor(q), k, v).asnumpy()
+    for i in range(3):
+        alone = fused(Tensor(q[i:i + 1]), k[i:i + 1], v[i:i + 1]).asnumpy()
+        np.testing.assert_array_equal(batch[i], alone[0], err_msg=f"sample {i}")
 
 
 def test_mindspore_ops_path_matches_the_kernels(monkeypatch):

@@ -1,6 +1,7 @@
 """C++ CPU kernels behind ``ops.Custom(func_type="aot")``: fused norms and activations
-(:mod:`.norm_act`), the Linear layer's GEMM (:mod:`.linear`) and the 2-D convolution
-(:mod:`.conv`), built by :mod:`.build`."""
+(:mod:`.norm_act`), the Linear layer's GEMM (:mod:`.linear`), the 2-D convolution
+(:mod:`.conv`) and attention (:mod:`.attention`), built by :mod:`.build`; ``vector_math.h``
+holds the math they share."""
 import os
 
 import mindspore as ms

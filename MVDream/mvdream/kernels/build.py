@@ -2,8 +2,8 @@
 
 ``build_library(source, cache_dir, link)`` compiles ``source`` with g++ (-O3, OpenMP, and AVX2/FMA
 where the CPU has them, then the ``link`` arguments) into ``cache_dir``, named by a hash of the
-source and the flags, so an edited source rebuilds and concurrent processes never load a
-half-written library (the library is written under a temporary name and renamed). The result
+source, the headers beside it and the flags, so an edited source or header rebuilds and
+concurrent processes never load a half-written library (the library is written under a temporary name and renamed). The result
 of each build, path or error, is remembered for the process, so a missing compiler costs one
 attempt.
 """
@@ -43,7 +43,9 @@ def _build(source: str, cache_dir: str, link: tuple = ()):
         # will not vectorise a loop with std::floor or a float comparison (the polynomial exp and
         # erf, so SiLU and GELU ran one element at a time). The results are the same bits.
         flags = ["-O3", "-std=c++14", "-fopenmp", "-fno-trapping-math", "-shared", "-fPIC"] + _cpu_flags()
-        digest = hashlib.sha1(src.read_bytes() + " ".join(flags + list(link)).encode()).hexdigest()[:12]
+        # the headers beside the source (#include "...") are part of what is built
+        headers = b"".join(h.read_bytes() for h in sorted(src.parent.glob("*.h")))
+        digest = hashlib.sha1(src.read_bytes() + headers + " ".join(flags + list(link)).encode()).hexdigest()[:12]
         cache = Path(cache_dir)
         cache.mkdir(parents=True, exist_ok=True)
         lib = cache / f"{src.stem}_{digest}.so"
