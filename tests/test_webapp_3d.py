@@ -35,8 +35,9 @@ def server(tmp_path_factory):
 def open_advanced(driver):
     """Open the 'advanced' accordion (the overrides field is inside it)."""
     if not driver.find_elements("css selector", "#overrides textarea"):
-        head = driver.find_elements("css selector", "#advanced button, #advanced .label-wrap")
-        (head[0] if head else driver.find_element("css selector", "#advanced")).click()
+        head = wait_for(lambda: driver.find_elements("css selector", "#advanced button, #advanced .label-wrap")
+                        or driver.find_elements("css selector", "#advanced"), 60, "the advanced accordion")
+        head[0].click()
     wait_for(lambda: driver.find_element("css selector", "#overrides textarea").is_displayed(), 30, "the overrides")
 
 

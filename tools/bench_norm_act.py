@@ -69,6 +69,24 @@ def _cases(quick, rng):
     return cases
 
 
+def _git(*args):
+    r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+def _files_at(rev):
+    """``{name: text}`` of norm_act.cc and the headers it may include (those beside it) at
+    ``rev``, or None when ``rev`` has no norm_act.cc."""
+    source = _git("show", f"{rev}:{SOURCE}")
+    if source is None:
+        return None
+    files = {Path(SOURCE).name: source}
+    for path in (_git("ls-tree", "--name-only", rev, f"{Path(SOURCE).parent}/") or "").split():
+        if path.endswith(".h"):
+            files[Path(path).name] = _git("show", f"{rev}:{path}")
+    return files
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against-rev", default="main", help="git revision whose norm_act.cc is side B")
@@ -78,16 +96,17 @@ def main():
     args = parser.parse_args()
     if args.repeats < 1 or args.threads < 1:
         sys.exit("error: --repeats and --threads must be >= 1")
-    other = subprocess.run(["git", "-C", str(REPO), "show", f"{args.against_rev}:{SOURCE}"], capture_output=True, text=True)
-    if other.returncode != 0:
+    other = _files_at(args.against_rev)
+    if other is None:
         sys.exit(f"error: no {SOURCE} at revision {args.against_rev!r}; pass an existing one with --against-rev")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before libgomp starts in this process
 
     from mvdream.kernels.build import build_library
 
     with tempfile.TemporaryDirectory() as tmp:
-        theirs = Path(tmp) / "norm_act.cc"
-        theirs.write_text(other.stdout)
+        for name, text in other.items():
+            (Path(tmp) / name).write_text(text)
+        theirs = Path(tmp) / Path(SOURCE).name
         libs = {"this": ctypes.CDLL(build_library(REPO / SOURCE)),
                 args.against_rev: ctypes.CDLL(build_library(theirs))}
         for label, kernel, inputs, outs in _cases(args.quick, np.random.default_rng(0)):
