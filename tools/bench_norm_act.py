@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE = "MVDream/mvdream/kernels/norm_act.cc"
+SOURCE = Path("MVDream/mvdream/kernels/norm_act.cc")
 sys.path[:0] = [str(REPO / "MVDream")]  # this checkout first
 
 
@@ -77,11 +77,11 @@ def _git(*args):
 def _files_at(rev):
     """``{name: text}`` of norm_act.cc and the headers it may include (those beside it) at
     ``rev``, or None when ``rev`` has no norm_act.cc."""
-    source = _git("show", f"{rev}:{SOURCE}")
+    source = _git("show", f"{rev}:{SOURCE.as_posix()}")
     if source is None:
         return None
-    files = {Path(SOURCE).name: source}
-    for path in (_git("ls-tree", "--name-only", rev, f"{Path(SOURCE).parent}/") or "").split():
+    files = {SOURCE.name: source}
+    for path in (_git("ls-tree", "--name-only", rev, f"{SOURCE.parent.as_posix()}/") or "").split():
         if path.endswith(".h"):
             files[Path(path).name] = _git("show", f"{rev}:{path}")
     return files
@@ -106,7 +106,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in other.items():
             (Path(tmp) / name).write_text(text)
-        theirs = Path(tmp) / Path(SOURCE).name
+        theirs = Path(tmp) / SOURCE.name
         libs = {"this": ctypes.CDLL(build_library(REPO / SOURCE)),
                 args.against_rev: ctypes.CDLL(build_library(theirs))}
         for label, kernel, inputs, outs in _cases(args.quick, np.random.default_rng(0)):

@@ -3,9 +3,9 @@
 ``build_library(source, cache_dir, link)`` compiles ``source`` with g++ (-O3, OpenMP, and AVX2/FMA
 where the CPU has them, then the ``link`` arguments) into ``cache_dir``, named by a hash of the
 source, the headers beside it and the flags, so an edited source or header rebuilds and
-concurrent processes never load a half-written library (the library is written under a temporary name and renamed). The result
-of each build, path or error, is remembered for the process, so a missing compiler costs one
-attempt.
+concurrent processes never load a half-written library (the library is written under a
+temporary name and renamed). The result of each build, path or error, is remembered for the
+process, so a missing compiler costs one attempt.
 """
 import functools
 import hashlib
