@@ -123,7 +123,7 @@ struct Scratch {
 constexpr int64_t kChunk = 1 << 17;
 // Software pipeline: the corners of point i + ahead are located and prefetched while point i is
 // accumulated, so the random table accesses of several points are in flight at once (distances
-// measured best on a 2-core AMD EPYC; the backward touches two tables per corner).
+// measured best on a 2-core AMD EPYC).
 constexpr int kAheadFwd = 8, kAheadBwd = 12;
 constexpr int kRing = 16;  // power of two > the distances
 
@@ -201,19 +201,25 @@ template <int D, int FT>
 void backward(const Args& a, const float* dout, float* dparams, float* dx) {
   const int64_t L = a.L, N = a.N, chunk = N < kChunk ? N : kChunk;
   Scratch buf(static_cast<size_t>(chunk * L * D));  // d out_l / d x per level, [L][n][D]
-  const float* params = a.params;
+  // Values and gradients interleaved per entry, [P / F][2F]: a corner's read and its scatter share
+  // one cache line instead of one in each of two arrays (the backward is bound by those misses).
+  Scratch table(static_cast<size_t>(2 * a.P));
   auto level = [&](int64_t l, int64_t c0, int64_t n) {
     const int F = Feat<FT>::get(a.F);
     const Level& lv = a.levels[l];
-    if (c0 == 0) std::memset(dparams + lv.offset * F, 0, sizeof(float) * static_cast<size_t>(lv.size) * F);
+    if (c0 == 0) {  // the level's first chunk: its slice of the interleaved table
+      const float* src = a.params + lv.offset * F;
+      float* dst = table.p + lv.offset * 2 * F;
+      for (int64_t e = 0; e < lv.size; ++e) {
+        for (int f = 0; f < F; ++f) dst[e * 2 * F + f] = src[e * F + f];
+        for (int f = 0; f < F; ++f) dst[e * 2 * F + F + f] = 0.f;
+      }
+    }
     float* dxl = buf.p + l * chunk * D;
     const float* gp = dout + c0 * L * F + l * F;
     auto prefetch = [&](const Corners<D>& c) {
       const int F = Feat<FT>::get(a.F);
-      for (int k = 0; k < Corners<D>::K; ++k) {
-        __builtin_prefetch(dparams + c.entry[k] * F, 1, 3);
-        __builtin_prefetch(params + c.entry[k] * F, 0, 3);
-      }
+      for (int k = 0; k < Corners<D>::K; ++k) __builtin_prefetch(table.p + c.entry[k] * 2 * F, 1, 3);
     };
     level_points<D, kAheadBwd>(a.x + c0 * D, n, lv, prefetch, [&](int64_t i, const Corners<D>& c) {
       const int F = Feat<FT>::get(a.F);
@@ -221,8 +227,8 @@ void backward(const Args& a, const float* dout, float* dparams, float* dx) {
       float dfrac[D];
       for (int d = 0; d < D; ++d) dfrac[d] = 0.f;
       for (int k = 0; k < Corners<D>::K; ++k) {
-        const float* v = params + c.entry[k] * F;
-        float* tk = dparams + c.entry[k] * F;
+        const float* v = table.p + c.entry[k] * 2 * F;
+        float* tk = table.p + c.entry[k] * 2 * F + F;
         float gv = 0.f;
         for (int f = 0; f < F; ++f) {
           tk[f] = std::fma(c.w[k], g[f], tk[f]);
@@ -247,6 +253,11 @@ void backward(const Args& a, const float* dout, float* dparams, float* dx) {
     }
   };
   chunked_levels(N, L, chunk, level, sum_levels);
+  const int F = a.F;
+  const int64_t entries = a.P / F;
+#pragma omp parallel for schedule(static)
+  for (int64_t e = 0; e < entries; ++e)
+    for (int f = 0; f < F; ++f) dparams[e * F + f] = table.p[e * 2 * F + F + f];
 }
 
 bool parse(int nparam, void** params, int* ndims, int64_t** shapes, int n_expected, Args* a) {
