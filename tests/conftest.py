@@ -64,9 +64,9 @@ def tiny_config(parity_dir):
 # both share what is left: started last, one of them would keep its worker busy after the other
 # had finished.
 LONG_TESTS = {
-    "tests/test_oracle_3d.py::test_inconsistent_teacher_does_not_build_an_object": 210,
+    "tests/test_oracle_3d.py::test_inconsistent_teacher_does_not_build_an_object": 110,
     "tests/test_oracle_3d.py::test_x0_sds_with_oracle_teacher_builds_its_object": 170,
-    "tests/test_photometric_fit.py::test_photometric_fit_held_out_psnr": 100,
+    "tests/test_photometric_fit.py::test_photometric_fit_held_out_psnr": 70,
     "tests/test_viewdep_ablation.py::test_dir_encoding_beats_xyz_only_on_the_specular_scene": 80,
 }
 

@@ -64,6 +64,7 @@ def convert(src, trgt, progress=True, overwrite=False):
     """Read ``src``, write ``trgt``; return the summary tuple (tensors, values, bytes)."""
     check_target(src, trgt, overwrite)  # fail before reading a multi-GB input
     state_dict = load_checkpoint_file(src, progress=progress)
+    setup_runtime("CPU")  # MindSpore (seconds to import) only once there is something to write
     try:
         save_state_dict(state_dict, trgt)
     except OSError as err:  # e.g. a virtual filesystem that refuses new files
@@ -77,7 +78,6 @@ def _raise_interrupt(signum, frame):
 
 def main(argv=None):
     args = parse_args(argv)
-    setup_runtime("CPU")
     start = time.time()
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     try:
