@@ -140,9 +140,19 @@ def text_of(driver, elem_id):
     return found[0].text if found else ""
 
 
+def click_first(driver, find, what, timeout=60):
+    """Click the first element ``find()`` returns once the page has rendered it and nothing covers
+    it: while an event runs, Gradio lays a translucent status overlay over components, and a click
+    then raises ElementClickInterceptedException (retried here) instead of reaching them."""
+    def attempt():
+        find()[0].click()
+        return True
+    wait_for(attempt, timeout, what)
+
+
 def click(driver, elem_id):
-    """Click the component ``elem_id`` once the page has rendered it."""
-    wait_for(lambda: driver.find_element("css selector", f"#{elem_id}"), 60, elem_id).click()
+    """Click the component ``elem_id`` once the page has rendered it and nothing covers it."""
+    click_first(driver, lambda: driver.find_elements("css selector", f"#{elem_id}"), elem_id)
 
 
 def type_into(driver, elem_id, text, clear=True):

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from browser_helpers import driver  # noqa: F401  (the browser fixture)
-from browser_helpers import (REPO, AppServer, app_env, click, fetch, foreign_requests, save_screenshot, text_of,
-                             type_into, wait_for)
+from browser_helpers import (REPO, AppServer, app_env, click, click_first, fetch, foreign_requests, save_screenshot,
+                             text_of, type_into, wait_for)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 APP = REPO / "MVDream-threestudio" / "gradio_app.py"
@@ -35,9 +35,8 @@ def server(tmp_path_factory):
 def open_advanced(driver):
     """Open the 'advanced' accordion (the overrides field is inside it)."""
     if not driver.find_elements("css selector", "#overrides textarea"):
-        head = wait_for(lambda: driver.find_elements("css selector", "#advanced button, #advanced .label-wrap")
-                        or driver.find_elements("css selector", "#advanced"), 60, "the advanced accordion")
-        head[0].click()
+        click_first(driver, lambda: driver.find_elements("css selector", "#advanced button, #advanced .label-wrap")
+                    or driver.find_elements("css selector", "#advanced"), "the advanced accordion")
     wait_for(lambda: driver.find_element("css selector", "#overrides textarea").is_displayed(), 30, "the overrides")
 
 
