@@ -60,11 +60,14 @@ def check_target(src, trgt, overwrite=False):
         raise CheckpointError(f"{trgt}: output directory {directory} is not writable")
 
 
-def convert(src, trgt, progress=True, overwrite=False):
-    """Read ``src``, write ``trgt``; return the summary tuple (tensors, values, bytes)."""
+def read_source(src, trgt, progress=True, overwrite=False):
+    """The state dict of ``src``, once everything about ``trgt`` checks out (no MindSpore needed)."""
     check_target(src, trgt, overwrite)  # fail before reading a multi-GB input
-    state_dict = load_checkpoint_file(src, progress=progress)
-    setup_runtime("CPU")  # MindSpore (seconds to import) only once there is something to write
+    return load_checkpoint_file(src, progress=progress)
+
+
+def write_target(state_dict, trgt):
+    """Write ``state_dict`` to ``trgt``; return the summary tuple (tensors, values, bytes)."""
     try:
         save_state_dict(state_dict, trgt)
     except OSError as err:  # e.g. a virtual filesystem that refuses new files
@@ -81,8 +84,9 @@ def main(argv=None):
     start = time.time()
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
     try:
-        tensors, values, nbytes = convert(args.src, args.trgt, progress=not args.no_progress,
-                                          overwrite=args.overwrite)
+        state_dict = read_source(args.src, args.trgt, progress=not args.no_progress, overwrite=args.overwrite)
+        setup_runtime("CPU")  # MindSpore (seconds to import) only once there is something to write
+        tensors, values, nbytes = write_target(state_dict, args.trgt)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
