@@ -12,7 +12,7 @@ from mindspore import Tensor
 
 from mvdream.kernels.attention import cpu_attention
 from mvdream.kernels.conv import cpu_conv
-from mvdream.kernels.linear import cpu_linear
+from mvdream.kernels.linear import PackedLinear, cpu_linear
 from mvdream.kernels.norm_act import cpu_kernels
 from mvdream.ldm.modules.attention import GEGLU, CrossAttention, attention
 from mvdream.ldm.modules.encoders.open_clip_text import TextTransformer
@@ -274,6 +274,37 @@ def test_few_rows_linear_matches_matmul_at_text_encoder_shapes():
     want = x.astype(np.float64) @ fused.weight.asnumpy().T.astype(np.float64) + fused.bias.asnumpy()
     for cell in (fused, plain):
         np.testing.assert_allclose(cell(Tensor(x)).asnumpy(), want, rtol=0, atol=4e-6 * np.abs(want).max())
+
+
+def test_packed_linear_computes_the_unpacked_kernels_bits():
+    # A frozen layer's weight packed once for oneDNN (the text encoder) must give the same bits
+    # as the unpacked kernel: at any rows (padded to MIN_ROWS), 200 outputs (not a whole number
+    # of the 64-column thread blocks), under jit; and it is a copy, so it follows the weight
+    # only when packed again.
+    rng = np.random.default_rng(10)
+    lin = Linear(96, 200, few_rows=True)
+    weight = rng.standard_normal((200, 96)).astype(np.float32)
+    lin.weight.set_data(Tensor(weight))
+    lin.bias.set_data(Tensor(rng.standard_normal(200).astype(np.float32)))
+    x = rng.standard_normal((154, 96)).astype(np.float32)
+    want = {rows: lin(Tensor(x[:rows])).asnumpy() for rows in (1, 16, 77, 154)}
+    lin.pack_weight()
+    assert isinstance(lin.affine.packed, PackedLinear)
+    for rows, expected in want.items():
+        np.testing.assert_array_equal(lin(Tensor(x[:rows])).asnumpy(), expected)
+
+    def run(t):
+        return lin(t)
+
+    np.testing.assert_array_equal(ms.jit(run)(Tensor(x)).asnumpy(), want[154])
+
+    lin.weight.set_data(Tensor(2 * weight))
+    np.testing.assert_array_equal(lin(Tensor(x)).asnumpy(), want[154])  # the old packed copy
+    lin.pack_weight()
+    expected = x.astype(np.float64) @ (2 * weight.astype(np.float64)).T + lin.bias.asnumpy()
+    np.testing.assert_allclose(lin(Tensor(x)).asnumpy(), expected, rtol=0, atol=4e-6 * np.abs(expected).max())
+    lin.pack_weight(False)
+    assert lin.affine.packed is None
 
 
 def test_few_rows_linear_falls_back_to_matmul(monkeypatch):

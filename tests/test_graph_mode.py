@@ -82,6 +82,22 @@ def test_graph_follows_weights_loaded_after_its_first_call(tiny_config, tiny_sta
     _assert_close(emb.encode(PROMPTS).asnumpy(), first + 1)
 
 
+@pytest.mark.parametrize("graph_mode", [True, False])
+def test_text_encoder_repacks_its_gemm_weights_after_a_load(tiny_config, tiny_state_dict, graph_mode):
+    # On CPU the frozen encoder's GEMMs read a packed copy of their weights, made at the first
+    # call: a later load must be seen, as a freshly built encoder sees it (the same bits).
+    emb = _text(tiny_config, tiny_state_dict, graph_mode)
+    first = emb.encode(PROMPTS).asnumpy()
+    c_fc = emb.model.transformer.resblocks[0].mlp.c_fc
+    assert c_fc.affine.packed is not None
+    key = "cond_stage_model.model.transformer.resblocks.0.mlp.c_fc.weight"
+    changed = {key: 1.5 * tiny_state_dict[key]}
+    load_state_dict_into(emb.model, changed, prefix="cond_stage_model.model.", strict=False)
+    want = _text(tiny_config, {**tiny_state_dict, **changed}, graph_mode).encode(PROMPTS).asnumpy()
+    assert np.abs(want - first).max() > 1e-3 * np.abs(first).max()
+    np.testing.assert_array_equal(emb.encode(PROMPTS).asnumpy(), want)
+
+
 @pytest.mark.parametrize("cast_weights", [False, True])
 def test_graph_follows_a_dtype_change_after_its_first_call(tiny_config, tiny_state_dict, cast_weights):
     graph, eager = (_text(tiny_config, tiny_state_dict, mode) for mode in (True, False))

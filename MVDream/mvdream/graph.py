@@ -29,14 +29,18 @@ class GraphFunction:
     dtype): when either changes, the next call compiles a new graph. ``fn`` must be a plain
     function (a closure over the cell), not a bound method: MindSpore keys a bound method's graphs
     by its cell, so a new wrapper would find the old graph again.
+
+    ``prepare()``, if given, runs before the first call and again, before compiling, whenever the
+    parameters' storage or ``depends_on()`` changed.
     """
 
     def __init__(self, fn: Callable, cell: nn.Cell, enabled: bool = True,
-                 depends_on: Optional[Callable[[], Hashable]] = None):
+                 depends_on: Optional[Callable[[], Hashable]] = None, prepare: Optional[Callable[[], None]] = None):
         self.fn = fn
         self.cell = cell
         self.enabled = enabled
         self.depends_on = depends_on or (lambda: None)
+        self.prepare = prepare
         self._compiled = {}  # one ms.jit wrapper per input signature
         self._key = None
 
@@ -46,11 +50,15 @@ class GraphFunction:
         return list(self._compiled)
 
     def __call__(self, *args):
+        if self.enabled or self.prepare is not None:
+            key = (tuple(p.data_ptr() for p in self.cell.get_parameters()), self.depends_on())
+            if key != self._key:
+                self._compiled, self._key = {}, None
+                if self.prepare is not None:
+                    self.prepare()
+                self._key = key
         if not self.enabled:
             return ops.stop_gradient(self.fn(*args))
-        key = (tuple(p.data_ptr() for p in self.cell.get_parameters()), self.depends_on())
-        if key != self._key:
-            self._compiled, self._key = {}, key
         signature = tuple((a.shape, a.dtype) if isinstance(a, Tensor) else a for a in args)
         if signature not in self._compiled:
             self._compiled[signature] = ms.jit(self.fn)

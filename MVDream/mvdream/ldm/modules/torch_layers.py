@@ -19,7 +19,7 @@ from mindspore import Tensor
 from mindspore.common.initializer import Uniform, Normal, initializer
 
 from ...kernels.conv import cpu_conv
-from ...kernels.linear import cpu_linear
+from ...kernels.linear import cpu_linear, packed_linear
 from ...kernels.norm_act import cpu_kernels
 
 
@@ -47,17 +47,27 @@ class Affine(nn.Cell):
     per prompt). On CPU in float32 it then runs oneDNN's sgemm (:mod:`mvdream.kernels.linear`),
     about twice MindSpore's MatMul rate there; at the UNet's thousands of rows MindSpore's
     MatMul is as fast and needs less memory, so the choice is the layer's, never the call's
-    (a sample's output must not depend on its batch)."""
+    (a sample's output must not depend on its batch).
+
+    :meth:`pack` gives a frozen few-rows layer a copy of its weight in oneDNN's packed layout
+    (:class:`mvdream.kernels.linear.PackedLinear`), used from then on in place of the weight it
+    is called with; same outputs, the weight's memory again."""
 
     def __init__(self, few_rows=False):
         super().__init__()
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = ops.BiasAdd()
         self.fused = cpu_linear() if few_rows else None
+        self.packed = None
         # Both CPU GEMMs take another kernel for few rows (MindSpore's below ~32, oneDNN's below
         # 16), whose sums round differently: padding to MIN_ROWS keeps a sample's output the
         # same alone or in a batch (data-parallel ranks, half batches, reproduce one process).
         self.min_rows = MIN_ROWS if ms.get_context("device_target") == "CPU" else 0
+
+    def pack(self, weight):
+        """Pack ``weight``, the one every later call passes, when this layer runs the CPU kernel
+        (None: stop using a packed copy). Call it again whenever ``weight`` changes."""
+        self.packed = packed_linear(weight) if self.fused is not None and weight is not None else None
 
     def construct(self, x, weight, bias=None):
         shape = x.shape
@@ -70,7 +80,7 @@ class Affine(nn.Cell):
             x2 = ops.pad(x2, (0, 0, 0, self.min_rows - rows))
         if self.fused is not None and x.dtype == ms.float32 and weight.dtype == ms.float32:
             bias = ops.zeros((out_features,), ms.float32) if bias is None else _as(bias, ms.float32)
-            y = self.fused(x2, weight, bias)
+            y = self.fused(x2, weight, bias) if self.packed is None else self.packed(x2, bias)
         else:
             y = self.matmul(x2, _as(weight, x.dtype))
             if bias is not None:
@@ -92,8 +102,21 @@ class Linear(nn.Cell):
         self.bias = Parameter(_uniform_fan_in((out_features,), in_features), name="bias") if bias else None
         self.affine = Affine(few_rows)
 
+    def pack_weight(self, enabled=True):
+        """See :func:`pack_weights`."""
+        self.affine.pack(self.weight if enabled else None)
+
     def construct(self, x):
         return self.affine(x, self.weight, self.bias)
+
+
+def pack_weights(cell, enabled=True):
+    """Give every few-rows layer under ``cell`` (a cell with a ``pack_weight(enabled)`` method) a
+    packed copy of its current weight (:meth:`Affine.pack`), or with ``enabled`` False drop it;
+    for frozen inference only, and again after the weights change."""
+    for _, sub in cell.cells_and_names():
+        if callable(getattr(sub, "pack_weight", None)):
+            sub.pack_weight(enabled)
 
 
 class _FrozenConv(nn.Cell):

@@ -129,6 +129,10 @@ class MultiheadAttention(nn.Cell):
         self.out_proj = Linear(embed_dim, embed_dim, few_rows=True)
         self.in_proj = Affine(few_rows=True)
 
+    def pack_weight(self, enabled=True):
+        """See :func:`mvdream.ldm.modules.torch_layers.pack_weights`."""
+        self.in_proj.pack(self.in_proj_weight if enabled else None)
+
     def construct(self, x, attn_mask=None):
         d = x.shape[-1]
         q, k, v = ops.split(self.in_proj(x, self.in_proj_weight, self.in_proj_bias), d, axis=-1)
