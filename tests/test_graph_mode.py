@@ -25,9 +25,9 @@ def _vae(tiny_config, tiny_state_dict, graph_mode):
     return vae
 
 
-def _text(tiny_config, tiny_state_dict, graph_mode):
+def _text(tiny_config, tiny_state_dict, graph_mode, **options):
     params = dict(tiny_config.model.params.cond_stage_config.params)
-    emb = FrozenOpenCLIPEmbedder(**params, graph_mode=graph_mode)
+    emb = FrozenOpenCLIPEmbedder(**params, graph_mode=graph_mode, **options)
     load_state_dict_into(emb.model, tiny_state_dict, prefix="cond_stage_model.model.", strict=True)
     return emb
 
@@ -96,6 +96,14 @@ def test_text_encoder_repacks_its_gemm_weights_after_a_load(tiny_config, tiny_st
     want = _text(tiny_config, {**tiny_state_dict, **changed}, graph_mode).encode(PROMPTS).asnumpy()
     assert np.abs(want - first).max() > 1e-3 * np.abs(first).max()
     np.testing.assert_array_equal(emb.encode(PROMPTS).asnumpy(), want)
+
+
+def test_text_encoder_packed_or_not_gives_the_same_bits(tiny_config, tiny_state_dict):
+    packed, plain = (_text(tiny_config, tiny_state_dict, True, pack_weights=option) for option in (True, False))
+    got, want = packed.encode(PROMPTS).asnumpy(), plain.encode(PROMPTS).asnumpy()
+    assert packed.model.transformer.resblocks[0].attn.in_proj.packed is not None
+    assert plain.model.transformer.resblocks[0].attn.in_proj.packed is None
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("cast_weights", [False, True])

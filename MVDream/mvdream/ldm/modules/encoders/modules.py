@@ -3,7 +3,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from ....graph import GraphFunction
-from ..torch_layers import pack_weights
+from ..torch_layers import pack_weights as pack
 from .open_clip_text import TextTransformer, get_model_config
 from .tokenizer import tokenize
 
@@ -34,12 +34,15 @@ class FrozenOpenCLIPEmbedder(AbstractEncoder):
     compute dtype of the transformer; LayerNorm and attention softmax run in float32.
     ``graph_mode`` runs the transformer as a static graph (``mvdream.graph``: the same numbers in
     0.45x the PyNative time on 2 CPU cores).
+    ``pack_weights`` (frozen, float32, CPU): keep a copy of the GEMM weights in oneDNN's packed
+    layout (:class:`mvdream.kernels.linear.PackedLinear`), ~15% of the encoder's time for the
+    weights' memory again (+1.2 GB for ViT-H); ``False`` saves that memory.
     """
 
     LAYERS = ("last", "penultimate")
 
     def __init__(self, arch="ViT-H-14", version="laion2b_s32b_b79k", device="cpu", max_length=77,
-                 freeze=True, layer="last", dtype="float32", graph_mode=True):
+                 freeze=True, layer="last", dtype="float32", graph_mode=True, pack_weights=True):
         super().__init__()
         if layer not in self.LAYERS:
             raise ValueError(f"layer must be one of {self.LAYERS}, got {layer!r}")
@@ -62,12 +65,11 @@ class FrozenOpenCLIPEmbedder(AbstractEncoder):
 
         def hidden(tokens):  # a closure, not a bound method (see GraphFunction)
             return embedder.model.encode_hidden(tokens, skip_last=embedder.layer_idx, dtype=embedder.dtype)
-        # A frozen encoder's GEMM weights are packed once for oneDNN (on CPU, float32): ~15% of
-        # its time, for the weights' memory again (mvdream.kernels.linear.PackedLinear)
+        # packed again whenever the weights or the dtype change (GraphFunction's prepare)
         self.hidden_graph = GraphFunction(hidden, self.model, graph_mode,
                                           depends_on=lambda: (embedder.layer_idx, embedder.dtype),
-                                          prepare=(lambda: pack_weights(embedder.model, embedder.dtype == ms.float32))
-                                          if freeze else None)
+                                          prepare=(lambda: pack(embedder.model, embedder.dtype == ms.float32))
+                                          if freeze and pack_weights else None)
         if freeze:
             self.freeze()
 
