@@ -138,6 +138,14 @@ def test_model_is_frozen_and_outside_the_cell_tree(guidance):
     assert [p.name for p in System().trainable_params()] == ["w"]
 
 
+def test_training_keeps_no_packed_text_encoder_weights(guidance):
+    # the prompt processor encodes each prompt once: no packed GEMM copy held all run
+    guidance.encode_text(["a cat", ""])
+    in_proj = guidance.model.cond_stage_model.model.transformer.resblocks[0].attn.in_proj
+    assert guidance.model.cond_stage_model.pack_weights is False
+    assert in_proj.fused is not None and in_proj.packed is None
+
+
 def test_schedule_rng_and_timestep_draws(parity_dir, golden):
     guidance = make_guidance(parity_dir, min_step_percent=[0, 0.98, 0.02, 100], max_step_percent=[0, 0.98, 0.5, 100])
     assert (guidance.min_step, guidance.max_step) == (980, 980)

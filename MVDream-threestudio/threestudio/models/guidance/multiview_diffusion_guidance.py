@@ -120,6 +120,10 @@ class MultiviewDiffusionGuidance(BaseModule):
                               "(only 'rotation')")
         model = self._build_model()
         model.model.diffusion_model.graph_mode = self.cfg.unet_graph_mode
+        # The prompt processor encodes each prompt once: a packed copy of the text encoder's GEMM
+        # weights (mvdream's FrozenOpenCLIPEmbedder.pack_weights) would hold ~1.2 GB all run long.
+        if hasattr(model.cond_stage_model, "pack_weights"):
+            model.cond_stage_model.pack_weights = False
         for param in model.get_parameters():
             param.requires_grad = False
         model.set_train(False)

@@ -36,7 +36,8 @@ class FrozenOpenCLIPEmbedder(AbstractEncoder):
     0.45x the PyNative time on 2 CPU cores).
     ``pack_weights`` (frozen, float32, CPU): keep a copy of the GEMM weights in oneDNN's packed
     layout (:class:`mvdream.kernels.linear.PackedLinear`), ~15% of the encoder's time for the
-    weights' memory again (+1.2 GB for ViT-H); ``False`` saves that memory.
+    weights' memory again (+1.2 GB for ViT-H); ``False`` saves that memory. The attribute of
+    the same name can be changed later; the next call packs or drops the copy.
     """
 
     LAYERS = ("last", "penultimate")
@@ -65,11 +66,13 @@ class FrozenOpenCLIPEmbedder(AbstractEncoder):
 
         def hidden(tokens):  # a closure, not a bound method (see GraphFunction)
             return embedder.model.encode_hidden(tokens, skip_last=embedder.layer_idx, dtype=embedder.dtype)
-        # packed again whenever the weights or the dtype change (GraphFunction's prepare)
-        self.hidden_graph = GraphFunction(hidden, self.model, graph_mode,
-                                          depends_on=lambda: (embedder.layer_idx, embedder.dtype),
-                                          prepare=(lambda: pack(embedder.model, embedder.dtype == ms.float32))
-                                          if freeze and pack_weights else None)
+        self.pack_weights = pack_weights
+        # packed again whenever the weights, the dtype or pack_weights change (GraphFunction's prepare)
+        self.hidden_graph = GraphFunction(
+            hidden, self.model, graph_mode,
+            depends_on=lambda: (embedder.layer_idx, embedder.dtype, embedder.pack_weights),
+            prepare=(lambda: pack(embedder.model, embedder.pack_weights and embedder.dtype == ms.float32))
+            if freeze else None)
         if freeze:
             self.freeze()
 
