@@ -112,11 +112,3 @@ class PackedLinear(nn.Cell):
 
     def construct(self, x, bias):
         return self.linear(x, self.handle, bias)  # (M, N)
-
-
-def packed_linear(weight: Tensor):
-    """A :class:`PackedLinear` of ``weight`` when the CPU Linear kernel applies (device target
-    CPU, kernel built, float32 weight), else None."""
-    if not cpu_kernels_enabled() or _library() is None or weight.dtype != ms.float32:
-        return None
-    return PackedLinear(weight)

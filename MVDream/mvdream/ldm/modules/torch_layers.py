@@ -19,7 +19,7 @@ from mindspore import Tensor
 from mindspore.common.initializer import Uniform, Normal, initializer
 
 from ...kernels.conv import cpu_conv
-from ...kernels.linear import cpu_linear, packed_linear
+from ...kernels.linear import PackedLinear, cpu_linear
 from ...kernels.norm_act import cpu_kernels
 
 
@@ -67,7 +67,9 @@ class Affine(nn.Cell):
     def pack(self, weight):
         """Pack ``weight``, the one every later call passes, when this layer runs the CPU kernel
         (None: stop using a packed copy). Call it again whenever ``weight`` changes."""
-        self.packed = packed_linear(weight) if self.fused is not None and weight is not None else None
+        # self.fused: the CPU kernel is enabled and built, which PackedLinear also needs
+        usable = self.fused is not None and weight is not None and weight.dtype == ms.float32
+        self.packed = PackedLinear(weight) if usable else None
 
     def construct(self, x, weight, bias=None):
         shape = x.shape
