@@ -276,11 +276,12 @@ def test_few_rows_linear_matches_matmul_at_text_encoder_shapes():
         np.testing.assert_allclose(cell(Tensor(x)).asnumpy(), want, rtol=0, atol=4e-6 * np.abs(want).max())
 
 
-def test_packed_linear_computes_the_unpacked_kernels_bits():
-    # A frozen layer's weight packed once for oneDNN (the text encoder) must give the same bits
-    # as the unpacked kernel: at any rows (padded to MIN_ROWS), 200 outputs (not a whole number
-    # of the 64-column thread blocks), under jit; and it is a copy, so it follows the weight
-    # only when packed again.
+def test_packed_linear_computes_the_unpacked_kernels_product():
+    # A frozen layer's weight packed once for oneDNN (the text encoder) must give the unpacked
+    # kernel's product (the same bits on the Xeon and oneDNN build measured; another CPU may take
+    # another oneDNN kernel for the packed path, hence a 1e-6 tolerance): at any rows (padded to
+    # MIN_ROWS), 200 outputs (not a whole number of the 64-column thread blocks), under jit; and
+    # it is a copy, so it follows the weight only when packed again.
     rng = np.random.default_rng(10)
     lin = Linear(96, 200, few_rows=True)
     weight = rng.standard_normal((200, 96)).astype(np.float32)
@@ -290,16 +291,19 @@ def test_packed_linear_computes_the_unpacked_kernels_bits():
     want = {rows: lin(Tensor(x[:rows])).asnumpy() for rows in (1, 16, 77, 154)}
     lin.pack_weight()
     assert isinstance(lin.affine.packed, PackedLinear)
+    def assert_same_product(got, expected):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+
     for rows, expected in want.items():
-        np.testing.assert_array_equal(lin(Tensor(x[:rows])).asnumpy(), expected)
+        assert_same_product(lin(Tensor(x[:rows])).asnumpy(), expected)
 
     def run(t):
         return lin(t)
 
-    np.testing.assert_array_equal(ms.jit(run)(Tensor(x)).asnumpy(), want[154])
+    assert_same_product(ms.jit(run)(Tensor(x)).asnumpy(), want[154])
 
     lin.weight.set_data(Tensor(2 * weight))
-    np.testing.assert_array_equal(lin(Tensor(x)).asnumpy(), want[154])  # the old packed copy
+    assert_same_product(lin(Tensor(x)).asnumpy(), want[154])  # the old packed copy
     lin.pack_weight()
     expected = x.astype(np.float64) @ (2 * weight.astype(np.float64)).T + lin.bias.asnumpy()
     np.testing.assert_allclose(lin(Tensor(x)).asnumpy(), expected, rtol=0, atol=4e-6 * np.abs(expected).max())

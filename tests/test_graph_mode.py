@@ -98,12 +98,13 @@ def test_text_encoder_repacks_its_gemm_weights_after_a_load(tiny_config, tiny_st
     np.testing.assert_array_equal(emb.encode(PROMPTS).asnumpy(), want)
 
 
-def test_text_encoder_packed_or_not_gives_the_same_bits(tiny_config, tiny_state_dict):
+def test_text_encoder_packed_or_not_gives_the_same_features(tiny_config, tiny_state_dict):
+    # the same bits on the CPU measured; the tolerance leaves room for another CPU's oneDNN kernels
     packed, plain = (_text(tiny_config, tiny_state_dict, True, pack_weights=option) for option in (True, False))
     got, want = packed.encode(PROMPTS).asnumpy(), plain.encode(PROMPTS).asnumpy()
     assert packed.model.transformer.resblocks[0].attn.in_proj.packed is not None
     assert plain.model.transformer.resblocks[0].attn.in_proj.packed is None
-    np.testing.assert_array_equal(got, want)
+    _assert_close(got, want)
 
 
 @pytest.mark.parametrize("cast_weights", [False, True])
