@@ -119,8 +119,11 @@ struct Scratch {
   explicit Scratch(size_t n) : own(new float[n]), p(own.get()) {}
 };
 
-// Points per chunk of the level-major buffers: bounds their size (chunk * L * max(F, D) floats).
-constexpr int64_t kChunk = 1 << 17;
+// Points per chunk of the level-major buffers (chunk * L * max(F, D) floats). Small enough that a
+// level's slice (chunk * F floats, 128 KB) and the chunk's dout rows (2 MB at L * F = 32) stay in a
+// core's L2 next to the table lines: on a 2-core Xeon (2 MB L2 per core), 1M points x 16 levels
+// took 0.155 s forward and 0.38 s backward at 2^14, against 0.217 s and 0.57 s at 2^17.
+constexpr int64_t kChunk = 1 << 14;
 // Software pipeline: the corners of point i + ahead are located and prefetched while point i is
 // accumulated, so the random table accesses of several points are in flight at once (distances
 // measured best on a 2-core AMD EPYC).
