@@ -108,8 +108,8 @@ def _run_kernel(lib, entry, arrays):
 
 def test_cpp_kernel_over_chunks_is_exact_and_independent_of_the_thread_count():
     """The kernel runs points in chunks of 2^14 and levels in parallel: over 8 full chunks and a
-    partial one it matches the float64 reference, and 1 and 3 OpenMP threads give the same bits (each level's
-    table gradient sums in point order, d/dx sums the levels in level order)."""
+    partial one it matches the float64 reference, and 1 and 3 OpenMP threads give the same bits
+    (each level's table gradient sums in point order, d/dx sums the levels in level order)."""
     from threestudio.models.hashgrid import cpp_backend
     lib = ctypes.CDLL(cpp_backend.library())
     gomp = ctypes.CDLL("libgomp.so.1")  # the OpenMP runtime the kernel is linked with
